@@ -1,0 +1,179 @@
+"""Random-weight Stable Diffusion checkpoints built with ComfyUI's own classes.
+
+No real weights can be downloaded here, so the tests build seeded random
+checkpoints in the single-file layout ComfyUI's CheckpointLoaderSimple reads
+(`model.diffusion_model.*`, `cond_stage_model.*`, `first_stage_model.*`) and
+let ComfyUI's own model detection decide what they are.
+
+Layouts:
+- ``sd15``: the real SD1.5 UNet (channel_mult 1,2,4,4; 859.5M parameters).
+- ``sd15_reduced``: SD1.5 with channel_mult 1,1,1,1 (111.5M). ComfyUI still
+  detects SD15 and the block layout is the same: 12 output blocks,
+  ``output_blocks[3..11][1]`` SpatialTransformers, ``output_blocks[4][0]`` a
+  ResBlock.
+- ``sd2_reduced`` / ``sd2v_reduced``: SD2.x (context 1024, linear
+  projections, 64-channel heads) with the same reduction; the v variant draws
+  ``output_blocks.11.1.transformer_blocks.0.norm1.bias`` wide, which is how
+  ComfyUI tells v-prediction from eps.
+
+The text encoder is full size (its config is fixed by ComfyUI); the VAE is
+TAESD (ComfyUI picks it up from its key names), which keeps files small.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import torch
+
+# Bump when the builder's output changes, so cached files are rebuilt.
+BUILDER_VERSION = 3
+
+UNET_BASE = {
+    "image_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "transformer_depth_middle": 1,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "use_checkpoint": False,
+    "adm_in_channels": None,
+    "use_temporal_resblock": False,
+    "use_temporal_attention": False,
+}
+
+LAYOUTS = {
+    "sd15": dict(channel_mult=[1, 2, 4, 4], context_dim=768, use_linear_in_transformer=False,
+                 num_heads=8, num_head_channels=-1, clip="sd1", v_prediction=False, seed=1501),
+    "sd15_reduced": dict(channel_mult=[1, 1, 1, 1], context_dim=768, use_linear_in_transformer=False,
+                         num_heads=8, num_head_channels=-1, clip="sd1", v_prediction=False, seed=1502),
+    "sd2_reduced": dict(channel_mult=[1, 1, 1, 1], context_dim=1024, use_linear_in_transformer=True,
+                        num_heads=-1, num_head_channels=64, clip="sd2", v_prediction=False, seed=2001),
+    "sd2v_reduced": dict(channel_mult=[1, 1, 1, 1], context_dim=1024, use_linear_in_transformer=True,
+                         num_heads=-1, num_head_channels=64, clip="sd2", v_prediction=True, seed=2002),
+}
+
+# What ComfyUI's loader must detect for each layout: (model config class, ModelType name).
+EXPECTED_DETECTION = {
+    "sd15": ("SD15", "EPS"),
+    "sd15_reduced": ("SD15", "EPS"),
+    "sd2_reduced": ("SD20", "EPS"),
+    "sd2v_reduced": ("SD20", "V_PREDICTION"),
+}
+
+# Output-layer gain: keeps CFG drift bounded so latents stay of order 1 over 50 steps.
+UNET_OUT_GAIN = 0.3
+
+
+def unet_config(layout: str) -> dict:
+    spec = LAYOUTS[layout]
+    cfg = dict(UNET_BASE)
+    for key in ("channel_mult", "context_dim", "use_linear_in_transformer", "num_heads", "num_head_channels"):
+        cfg[key] = spec[key]
+    if spec["clip"] == "sd2":
+        cfg["attn_precision"] = torch.float32
+    return cfg
+
+
+def checkpoint_name(layout: str) -> str:
+    spec = json.dumps({"layout": LAYOUTS[layout], "v": BUILDER_VERSION, "gain": UNET_OUT_GAIN}, sort_keys=True)
+    digest = hashlib.sha1(spec.encode()).hexdigest()[:8]
+    return f"pnp_test_{layout}_{digest}.safetensors"
+
+
+def _init_module_weights(module: torch.nn.Module) -> None:
+    """ComfyUI's disable_weight_init ops skip init: call torch's own on every layer."""
+    for m in module.modules():
+        for base in (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.GroupNorm,
+                     torch.nn.LayerNorm, torch.nn.Embedding):
+            if isinstance(m, base):
+                base.reset_parameters(m)
+                break
+
+
+def _build_unet(layout: str) -> dict[str, torch.Tensor]:
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    cfg = unet_config(layout)
+    unet = UNetModel(**cfg, dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init)
+    _init_module_weights(unet)
+    with torch.no_grad():
+        unet.out[2].weight.mul_(UNET_OUT_GAIN)
+        unet.out[2].bias.zero_()
+        if LAYOUTS[layout]["v_prediction"]:
+            bias = unet.output_blocks[11][1].transformer_blocks[0].norm1.bias
+            bias.normal_(0.0, 0.2)
+    return {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
+
+
+def _build_clip(kind: str) -> dict[str, torch.Tensor]:
+    if kind == "sd1":
+        from comfy.sd1_clip import SDClipModel
+
+        clip = SDClipModel(device="cpu", dtype=torch.float32)
+        _init_module_weights(clip)
+        sd = {f"cond_stage_model.{k}": v for k, v in clip.state_dict().items()}
+        for k in ("cond_stage_model.transformer.text_projection.weight", "cond_stage_model.logit_scale"):
+            sd.pop(k, None)
+        return sd
+    if kind == "sd2":
+        import comfy.supported_models
+        from comfy.text_encoders.sd2_clip import SD2ClipHModel
+
+        clip = SD2ClipHModel(device="cpu", dtype=torch.float32)
+        _init_module_weights(clip)
+        sd = {f"clip_h.{k}": v for k, v in clip.state_dict().items()}
+        model_config = comfy.supported_models.SD20(unet_config("sd2_reduced"))
+        return model_config.process_clip_state_dict_for_saving(sd)
+    raise ValueError(kind)
+
+
+def _build_taesd() -> dict[str, torch.Tensor]:
+    from comfy.taesd.taesd import TAESD
+
+    vae = TAESD(latent_channels=4)
+    _init_module_weights(vae)
+    return {f"first_stage_model.{k}": v for k, v in vae.state_dict().items()}
+
+
+def build_checkpoint(layout: str, path: Path) -> Path:
+    """Build the layout's random checkpoint (fp16 file) at ``path`` and return it."""
+    from safetensors.torch import save_file
+
+    spec = LAYOUTS[layout]
+    torch.manual_seed(spec["seed"])
+    sd = {}
+    sd.update(_build_unet(layout))
+    sd.update(_build_clip(spec["clip"]))
+    sd.update(_build_taesd())
+    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(sd, str(tmp), metadata={"pnp_test_layout": layout, "builder_version": str(BUILDER_VERSION)})
+    tmp.replace(path)
+    return path
+
+
+def ensure_checkpoint(layout: str, folder: Path) -> str:
+    """Return the checkpoint's file name inside ``folder``, building it if missing."""
+    name = checkpoint_name(layout)
+    path = folder / name
+    if not path.exists():
+        build_checkpoint(layout, path)
+    return name
+
+
+def unet_parameter_count(layout: str) -> int:
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    import comfy.ops
+
+    with torch.device("meta"):
+        unet = UNetModel(**unet_config(layout), dtype=torch.float32, operations=comfy.ops.disable_weight_init)
+    return sum(math.prod(p.shape) for p in unet.parameters())

@@ -1,0 +1,8 @@
+"""The pack's nodes. Node IDs are saved in users' workflows: once published they never change."""
+from __future__ import annotations
+
+from .features import PnPFeatureBank, PnPGenerateGuidance
+from .inversion import PnPDDIMInversion
+from .sampler import PnPSampler
+
+NODES = [PnPDDIMInversion, PnPFeatureBank, PnPGenerateGuidance, PnPSampler]

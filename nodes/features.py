@@ -1,0 +1,88 @@
+"""PnP Feature Bank and PnP Generate Guidance nodes: record the source tensors."""
+from __future__ import annotations
+
+import logging
+
+from comfy_api.v0_0_2 import io
+
+from ..pnp_hooks import patcher, sampling
+from .common import BANK_DTYPES, layer_inputs, recorded_steps, resolve_layers
+from .types import CATEGORY, PnPFeatures, PnPInversion
+
+log = logging.getLogger("comfyui_pnp")
+
+
+class PnPFeatureBank(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PnP_FeatureBank",
+            display_name="PnP Feature Bank",
+            category=CATEGORY,
+            description=(
+                "Records the guidance image's ResBlock features and self-attention inputs from "
+                "UNet(z_t, t, source prompt) at every sampling timestep of the inversion. The bank is "
+                "reused by any number of PnP Samplers (one per target prompt) without recording again."),
+            inputs=[
+                io.Model.Input("model", tooltip="The same model as the inversion."),
+                PnPInversion.Input("inversion", tooltip="From PnP DDIM Inversion."),
+                io.Conditioning.Input("conditioning", tooltip="Source-branch prompt. The paper uses \"\"."),
+                *layer_inputs(),
+                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip=(
+                    "Timesteps evaluated per UNet call while recording. Larger is faster on a GPU with memory "
+                    "to spare; the result is the same.")),
+            ],
+            outputs=[PnPFeatures.Output("features", tooltip="The feature bank for PnP Sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, model, inversion, conditioning, resblock_layers, attention_layers, feature_injection,
+                attention_injection, bank_dtype, batch_size) -> io.NodeOutput:
+        facts = patcher.model_facts(model)
+        sites = resolve_layers(facts, resblock_layers, attention_layers)
+        feature_steps, attention_steps = recorded_steps(inversion.steps, feature_injection, attention_injection)
+        bank = sampling.record_bank(model, inversion, conditioning, sites, feature_steps, attention_steps,
+                                    BANK_DTYPES[bank_dtype], batch_size)
+        log.info("PnP feature bank: %s", bank.describe())
+        return io.NodeOutput(bank)
+
+
+class PnPGenerateGuidance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PnP_GenerateGuidance",
+            display_name="PnP Generate Guidance",
+            category=CATEGORY,
+            description=(
+                "The paper's generated-guidance mode: samples a guidance image from a prompt and seed "
+                "(deterministic DDIM with CFG) and records the feature bank during that generation, so it can "
+                "be translated without inverting it."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model used by every PnP node of this graph."),
+                io.Conditioning.Input("positive", tooltip="The guidance image's prompt (the source prompt)."),
+                io.Conditioning.Input("negative", tooltip="Its negative prompt (usually \"\")."),
+                io.Latent.Input("latent", tooltip="An Empty Latent Image that sets the size (one image)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the guidance image's starting noise."),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps. Paper: 50."),
+                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="CFG scale of the guidance image. The original code's example: 5."),
+                *layer_inputs(),
+            ],
+            outputs=[
+                PnPFeatures.Output("features", tooltip="The feature bank for PnP Sampler."),
+                io.Latent.Output("guidance_latent", tooltip="The generated guidance image (decode it to see it)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent, seed, steps, cfg, resblock_layers, attention_layers,
+                feature_injection, attention_injection, bank_dtype) -> io.NodeOutput:
+        facts = patcher.model_facts(model)
+        sites = resolve_layers(facts, resblock_layers, attention_layers)
+        feature_steps, attention_steps = recorded_steps(steps, feature_injection, attention_injection)
+        bank, image = sampling.generate_guidance(model, positive, negative, latent["samples"], seed, steps, cfg,
+                                                 sites, feature_steps, attention_steps, BANK_DTYPES[bank_dtype])
+        log.info("PnP feature bank: %s", bank.describe())
+        return io.NodeOutput(bank, {"samples": image})

@@ -1,0 +1,6 @@
+"""Plug-and-Play diffusion features: maths and ComfyUI model patching.
+
+Pure-torch modules (no ComfyUI imports): ``schedule``, ``layers``, ``bank``,
+``injection``. ``patcher`` is the only module that touches ComfyUI's
+ModelPatcher; ``sampling`` runs ComfyUI's samplers with the patched clone.
+"""

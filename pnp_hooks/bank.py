@@ -1,0 +1,143 @@
+"""The values PnP nodes pass along: the inversion trajectory and the feature bank.
+
+Both are immutable: ComfyUI caches node outputs and may hand the same object to
+later prompts, so nothing here is ever written after construction.
+
+Shapes (B = branches recorded, 1 for a real image's single source pass, 2 for
+a generated guidance image recorded under CFG: uncond, cond):
+- ``Trajectory.latents``: (N, C, H, W), float32, the latent at each sampling
+  timestep in ComfyUI LATENT units (variance-exploding x_t divided by the
+  latent format's scale factor); ``latents[0]`` is x_T.
+- ``FeatureBank.resblock[b]``: (feature_steps, B, C, h, w), the residual
+  branch of ``output_blocks[b][0]``.
+- ``FeatureBank.attention[(b, j)]``: (attention_steps, B, h*w, C), the input of
+  ``output_blocks[b][1].transformer_blocks[j].attn1`` (after norm1); q and k are
+  its projections, so storing it halves the memory of storing q and k.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import torch
+
+from .errors import PnPInputError
+from .layers import LayerSites
+
+SOURCE_SINGLE = ("source",)
+SOURCE_CFG = ("uncond", "cond")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a trajectory or bank was made with: family, prediction type, base weights."""
+
+    family: str
+    prediction: str
+    fingerprint: str
+
+    def describe(self) -> str:
+        return f"{self.family} {self.prediction}-prediction model (weights {self.fingerprint[:10]})"
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """PNP_INVERSION: the source latent at every sampling timestep."""
+
+    model: ModelIdentity
+    timesteps: tuple[int, ...]
+    latents: torch.Tensor
+    inversion_steps: int
+    origin: str  # "inverted" (a real image) or "generated" (sampled from a prompt)
+
+    @property
+    def steps(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.latents.shape[1:])
+
+    def x_T(self) -> torch.Tensor:
+        return self.latents[0:1]
+
+    def step_of(self, timestep: int) -> int | None:
+        try:
+            return self.timesteps.index(timestep)
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class FeatureBank:
+    """PNP_FEATURES: source tensors for the leading steps, or the recipe to compute them live."""
+
+    trajectory: Trajectory
+    sites: LayerSites
+    branches: tuple[str, ...]
+    feature_steps: int
+    attention_steps: int
+    resblock: Mapping[int, torch.Tensor]
+    attention: Mapping[tuple[int, int], torch.Tensor]
+    storage_dtype: torch.dtype
+    on_the_fly: bool = False
+    # ComfyUI CONDITIONING of the source pass; needed only to record on the fly.
+    source_conditioning: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "resblock", MappingProxyType(dict(self.resblock)))
+        object.__setattr__(self, "attention", MappingProxyType(dict(self.attention)))
+
+    @property
+    def steps(self) -> int:
+        return self.trajectory.steps
+
+    @property
+    def nbytes(self) -> int:
+        tensors = list(self.resblock.values()) + list(self.attention.values())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def branch_index(self, name: str) -> int:
+        """Bank branch that feeds a target branch ("cond", "uncond"; negative reads "uncond")."""
+        if len(self.branches) == 1:
+            return 0
+        return self.branches.index("cond" if name == "cond" else "uncond")
+
+    def describe(self) -> str:
+        mode = "computed on the fly" if self.on_the_fly else f"{self.nbytes / 2**20:.1f} MiB stored"
+        return (
+            f"{self.trajectory.origin} source, {self.steps} steps, {self.sites.describe()}, "
+            f"ResBlock steps 0-{self.feature_steps - 1}, attention steps 0-{self.attention_steps - 1}, {mode}"
+        )
+
+
+def check_model(recorded: ModelIdentity, current: ModelIdentity, what: str) -> None:
+    if recorded.family != current.family or recorded.prediction != current.prediction:
+        raise PnPInputError(
+            f"This {what} was made with an {recorded.describe()}, but the MODEL connected here is an "
+            f"{current.describe()}. Connect the same checkpoint to every PnP node."
+        )
+    if recorded.fingerprint != current.fingerprint:
+        raise PnPInputError(
+            f"This {what} was made with a different checkpoint ({recorded.describe()}) than the MODEL "
+            f"connected here ({current.describe()}). Connect the same checkpoint (and weight dtype) to "
+            f"every PnP node, or record the {what} again with this model."
+        )
+
+
+def check_latent(trajectory: Trajectory, latent: torch.Tensor, what: str) -> None:
+    if tuple(latent.shape[1:]) != trajectory.latent_shape:
+        raise PnPInputError(
+            f"This {what} holds latents of shape {list(trajectory.latent_shape)} "
+            f"({trajectory.latent_shape[-1] * 8}x{trajectory.latent_shape[-2] * 8} px), but the latent "
+            f"given here is {list(latent.shape[1:])}. Use the same image size for inversion and sampling."
+        )
+
+
+def check_steps(bank_steps: int, requested: int, what: str) -> None:
+    if requested and requested != bank_steps:
+        raise PnPInputError(
+            f"steps is {requested}, but the {what} was recorded for {bank_steps} sampling steps. Set steps "
+            f"to {bank_steps} (or 0 to follow the {what}), or run PnP DDIM Inversion with steps={requested}."
+        )

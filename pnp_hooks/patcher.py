@@ -1,0 +1,175 @@
+"""The only module that touches ComfyUI's ModelPatcher.
+
+It reads model facts (family, prediction type, sigma table, latent format,
+decoder layout, a fingerprint of the base weights) and returns patched
+*clones*; the MODEL a node was given is never changed.
+
+PnP patches on a clone, all under the key ``comfyui_pnp``:
+- a DIFFUSION_MODEL wrapper: once per UNet call it asks the handler (an
+  ``injection.Injector`` or ``injection.Recorder``) for a plan from the call's
+  ``timesteps`` (derived by ComfyUI from the sigmas) and ``cond_or_uncond``,
+  stores it in the call's ``transformer_options`` and, for that call only,
+  hooks ``output_blocks[b][0].out_layers`` (the ResBlock residual branch,
+  before the skip add). Hooks and plan are removed in ``finally``.
+- an ``attn1_patch``: at the attention sites it hands ``n`` (the attn1 input
+  after norm1, (rows, h*w, C)) to the handler and returns the result as the
+  q/k input, keeping the target's own ``n`` for v. Attention itself stays
+  ComfyUI's optimized attention, and any attn1 replace patch another node put
+  on the model still runs (it receives the injected q and k).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+
+import comfy.model_sampling
+import comfy.patcher_extension
+import comfy.utils
+
+from .bank import ModelIdentity
+from .errors import PnPInputError
+from .layers import UNetLayout
+
+PATCH_KEY = "comfyui_pnp"
+
+SUPPORTED_FAMILIES = {"SD15": "SD 1.x", "SD20": "SD 2.x"}
+_PREDICTIONS = {comfy.model_sampling.EPS: "eps", comfy.model_sampling.V_PREDICTION: "v"}
+# Base weights that identify a checkpoint (LoRAs rarely touch these).
+_FINGERPRINT_KEYS = ("diffusion_model.input_blocks.0.0.weight", "diffusion_model.out.2.weight",
+                     "diffusion_model.time_embed.0.weight")
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    identity: ModelIdentity
+    layout: UNetLayout
+    sigmas: torch.Tensor  # (1000,) float32: sigma of each training timestep
+    latent_format: object  # comfy.latent_formats: process_in (LATENT -> model space), process_out
+
+    def sigma(self, timestep: int) -> float:
+        return float(self.sigmas[timestep])
+
+    def sigmas_at(self, timesteps: list[int]) -> torch.Tensor:
+        return self.sigmas[torch.tensor(timesteps, dtype=torch.long)]
+
+
+def model_facts(model) -> ModelFacts:
+    """Check the model is one PnP supports and describe it; raises PnPInputError otherwise."""
+    base = model.model
+    family = type(base.model_config).__name__
+    if family not in SUPPORTED_FAMILIES:
+        raise PnPInputError(
+            f"PnP supports {', '.join(SUPPORTED_FAMILIES.values())} checkpoints; the MODEL connected is "
+            f"{family}. Load an SD 1.x or SD 2.x checkpoint."
+        )
+    sampling = model.get_model_object("model_sampling")
+    bases = type(sampling).__bases__
+    prediction = next((_PREDICTIONS[b] for b in bases if b in _PREDICTIONS), None)
+    if comfy.model_sampling.ModelSamplingDiscrete not in bases or prediction is None or len(sampling.sigmas) != 1000:
+        raise PnPInputError(
+            f"PnP needs the model's discrete 1000-step schedule with eps or v prediction; this MODEL samples "
+            f"with {type(sampling).__name__} ({', '.join(b.__name__ for b in bases)}). Remove the "
+            f"ModelSampling* node that changed it."
+        )
+    latent_format = model.get_model_object("latent_format")
+    unet = base.diffusion_model
+    layout = UNetLayout(
+        has_resblock=tuple(type(block[0]).__name__ == "ResBlock" for block in unet.output_blocks),
+        transformer_depth=tuple(
+            len(block[1].transformer_blocks) if len(block) > 1 and hasattr(block[1], "transformer_blocks") else 0
+            for block in unet.output_blocks
+        ),
+    )
+    identity = ModelIdentity(family, prediction, _fingerprint(model))
+    return ModelFacts(identity, layout, sampling.sigmas.detach().float().cpu(), latent_format)
+
+
+def _fingerprint(model) -> str:
+    """Hash of a few base (un-LoRA'd) weights, taken from the patcher's backup when patched in place."""
+    digest = hashlib.sha256()
+    for key in _FINGERPRINT_KEYS:
+        backup = model.backup.get(key)
+        weight = backup.weight if backup is not None else comfy.utils.get_attr(model.model, key)
+        digest.update(weight.detach().to(device="cpu", dtype=torch.float16).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class _SitePatch:
+    """Wires a handler (Injector or Recorder) to the UNet sites for every call."""
+
+    def __init__(self, handler):
+        self.handler = handler
+        self._attention_sites = frozenset(handler.sites.attention)
+
+    def __deepcopy__(self, memo):
+        # ModelPatcher.clone deep-copies model_options; share the handler (and the bank) instead.
+        return self
+
+    def diffusion_model_wrapper(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+        cond_or_uncond = transformer_options.get("cond_or_uncond")
+        call = None
+        if cond_or_uncond:
+            call = self.handler.plan_call(timesteps.detach().float().cpu().tolist(), list(cond_or_uncond))
+        if call is None:
+            return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+        unet = executor.class_obj
+        hooks = []
+        try:
+            transformer_options[PATCH_KEY] = call
+            for block in self.handler.sites.resblocks:
+                hook = partial(self._resblock_hook, block, call)
+                hooks.append(unet.output_blocks[block][0].out_layers.register_forward_hook(hook))
+            return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            transformer_options.pop(PATCH_KEY, None)
+
+    def _resblock_hook(self, block, call, module, args, output):
+        return self.handler.resblock(block, output, call)
+
+    def attn1_patch(self, n, context_attn1, value_attn1, extra_options):
+        call = extra_options.get(PATCH_KEY)
+        block = extra_options.get("block")
+        if call is None or block is None or block[0] != "output":
+            return n, context_attn1, value_attn1
+        site = (block[1], extra_options.get("block_index", 0))
+        if site not in self._attention_sites:
+            return n, context_attn1, value_attn1
+        spatial = tuple(extra_options["activations_shape"][-2:])
+        qk_input = self.handler.attention(site, n, spatial, call)
+        if qk_input is n:
+            return n, context_attn1, value_attn1
+        return qk_input, qk_input, value_attn1
+
+
+def with_pnp_sites(model, handler):
+    """A clone of ``model`` whose UNet calls go through ``handler`` at the PnP sites."""
+    clone = model.clone()
+    patch = _SitePatch(handler)
+    clone.set_model_attn1_patch(patch.attn1_patch)
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, PATCH_KEY,
+                               patch.diffusion_model_wrapper)
+    return clone
+
+
+def with_next_timestep_labels(model, next_label: dict[int, int]):
+    """A clone whose UNet sees timestep ``next_label[t]`` where ComfyUI derived ``t``.
+
+    The official DDIM inversion evaluates eps on the current latent (scaled and
+    converted with the current sigma, as ComfyUI does) but labels the UNet with
+    the next timestep; only the label changes.
+    """
+    clone = model.clone()
+
+    def relabel(executor, x, timesteps, *args, **kwargs):
+        labels = [next_label.get(int(round(t)), t) for t in timesteps.detach().float().cpu().tolist()]
+        timesteps = torch.tensor(labels, dtype=timesteps.dtype, device=timesteps.device)
+        return executor(x, timesteps, *args, **kwargs)
+
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, f"{PATCH_KEY}.inversion", relabel)
+    return clone
+

@@ -1,0 +1,250 @@
+"""PnP's passes, run with ComfyUI's own sampling machinery.
+
+Every pass goes through a ``comfy.samplers.CFGGuider`` (or a subclass) on a
+patched clone, so model loading, LoRA weight patches, ControlNet, hooks,
+wrappers, progress bars, previews and Cancel behave as in ComfyUI's samplers.
+
+Latent spaces: LATENT holds raw VAE latents; inside sampling ComfyUI works in
+variance-exploding space x = z / sqrt(alpha_bar) (z the official, scaled VP
+latent), sigma = sqrt((1 - alpha_bar) / alpha_bar). A deterministic DDIM step
+is then exactly an Euler step x' = x + (sigma' - sigma) * eps.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+from comfy.k_diffusion.sampling import to_d, trange
+
+from . import patcher
+from .bank import SOURCE_CFG, SOURCE_SINGLE, FeatureBank, Trajectory, check_model
+from .errors import PnPInputError
+from .injection import Injector, Recorder
+from .layers import LayerSites
+from .schedule import InjectionPlan, ddim_timesteps, inversion_timesteps
+
+FINAL_STEPS = ("official", "comfyui")
+
+
+def check_source_latent(samples: torch.Tensor, facts: patcher.ModelFacts, what: str) -> None:
+    if samples.ndim != 4 or samples.shape[0] == 0:
+        raise PnPInputError(f"The {what} is empty or not an image latent (shape {list(samples.shape)}).")
+    if samples.shape[0] != 1:
+        raise PnPInputError(
+            f"The {what} holds a batch of {samples.shape[0]}; PnP works on one guidance image at a time. "
+            f"Pick one with 'Latent From Batch'."
+        )
+    channels = facts.latent_format.latent_channels
+    if samples.shape[1] != channels:
+        raise PnPInputError(
+            f"The {what} has {samples.shape[1]} channels but this model's latents have {channels}: encode the "
+            f"image with this checkpoint's VAE."
+        )
+
+
+def _progress(model, total: int):
+    return latent_preview.prepare_callback(model, total)
+
+
+def _disable_pbar() -> bool:
+    return not comfy.utils.PROGRESS_BAR_ENABLED
+
+
+@torch.no_grad()
+def _official_ddim_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, keep=None, kept=None):
+    """Official DDIM inversion in sigma space; ``sigmas`` ascend from sigma(t=0).
+
+    The clean latent is taken as z0 at alpha_bar(0) (SD schedulers do not set it
+    to one). Each step evaluates eps on the current latent (the model call uses
+    the current sigma; a wrapper labels the UNet with the next timestep) and
+    moves to the next sigma. ``kept[t]`` receives x after landing on the sigma
+    index ``i`` with ``keep[i] = t``.
+    """
+    extra_args = {} if extra_args is None else extra_args
+    s_in = x.new_ones([x.shape[0]])
+    x = x * (1.0 + sigmas[0] ** 2) ** 0.5
+    for i in trange(len(sigmas) - 1, disable=disable):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        d = to_d(x, sigmas[i], denoised)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        x = x + d * (sigmas[i + 1] - sigmas[i])
+        if i + 1 in keep:
+            kept[keep[i + 1]] = x.detach().clone()
+    return x
+
+
+def invert(model, samples: torch.Tensor, conditioning, steps: int, inversion_steps: int) -> Trajectory:
+    """DDIM-invert a LATENT (1, C, H, W) and keep it at every sampling timestep."""
+    facts = patcher.model_facts(model)
+    check_source_latent(samples, facts, "latent to invert")
+    sampling_ts = ddim_timesteps(steps)
+    inversion_ts = inversion_timesteps(steps, inversion_steps)
+    levels = [0] + inversion_ts
+    wanted = set(sampling_ts)
+    keep = {i + 1: t for i, t in enumerate(inversion_ts) if t in wanted}
+    kept: dict[int, torch.Tensor] = {}
+
+    relabelled = patcher.with_next_timestep_labels(model, dict(zip(levels[:-1], levels[1:])))
+    guider = comfy.samplers.CFGGuider(relabelled)
+    guider.set_conds(conditioning, [])
+    guider.set_cfg(1.0)
+    sampler = comfy.samplers.KSAMPLER(_official_ddim_inversion, extra_options={"keep": keep, "kept": kept})
+    guider.sample(torch.zeros_like(samples), samples, sampler, facts.sigmas_at(levels),
+                  callback=_progress(relabelled, len(inversion_ts)), disable_pbar=_disable_pbar(), seed=0)
+    latents = torch.cat([kept[t] for t in sampling_ts])
+    latents = facts.latent_format.process_out(latents.float().cpu())
+    return Trajectory(facts.identity, tuple(sampling_ts), latents, len(inversion_ts), "inverted")
+
+
+class _SourcePassGuider(comfy.samplers.CFGGuider):
+    """Runs the source pass UNet(z_t, t, cond) for many timesteps, ``batch_size`` rows a call.
+
+    Rows are independent given the trajectory, so each call batches several
+    timesteps; the recorder keeps each row's tensors under its own step.
+    """
+
+    def __init__(self, model_patcher, latents: torch.Tensor, sigmas: torch.Tensor, batch_size: int):
+        super().__init__(model_patcher)
+        self.source_latents = latents
+        self.source_sigmas = sigmas
+        self.batch_size = batch_size
+
+    def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
+        self.conds = comfy.samplers.process_conds(self.inner_model, noise, self.conds, device, None, None, seed)
+        model_options = comfy.model_patcher.create_model_options_clone(self.model_options)
+        total = len(self.source_sigmas)
+        for start in range(0, total, self.batch_size):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            rows = slice(start, start + self.batch_size)
+            x = self.inner_model.process_latent_in(self.source_latents[rows]).to(device)
+            sigma = self.source_sigmas[rows].to(device)
+            denoised = self(x, sigma, model_options=model_options, seed=seed)
+            if callback is not None:
+                done = min(start + self.batch_size, total)
+                callback(done - 1, denoised[-1:], x[-1:], total)
+        return latent_image
+
+
+def record_bank(model, trajectory: Trajectory, conditioning, sites: LayerSites, feature_steps: int,
+                attention_steps: int, storage_dtype: torch.dtype, batch_size: int) -> FeatureBank:
+    """Record the bank from ``UNet(z_t_inverted, t, conditioning)`` (pnp-diffusers' source pass)."""
+    facts = patcher.model_facts(model)
+    check_model(trajectory.model, facts.identity, "inversion")
+    recorded_steps = max(feature_steps, attention_steps)
+    recorder = Recorder(trajectory.timesteps, sites, feature_steps, attention_steps,
+                        comfy.model_management.intermediate_device(), storage_dtype)
+    if recorded_steps:
+        clone = patcher.with_pnp_sites(model, recorder)
+        sigmas = facts.sigmas_at(list(trajectory.timesteps[:recorded_steps]))
+        batch = max(1, min(batch_size, recorded_steps))
+        guider = _SourcePassGuider(clone, trajectory.latents[:recorded_steps], sigmas, batch)
+        guider.set_conds(conditioning, [])
+        guider.set_cfg(1.0)
+        shape = (batch,) + trajectory.latent_shape
+        guider.sample(torch.zeros(shape), torch.zeros(shape), None, sigmas,
+                      callback=_progress(clone, recorded_steps), disable_pbar=_disable_pbar(), seed=0)
+    resblock, attention = recorder.build()
+    return FeatureBank(trajectory, sites, SOURCE_SINGLE, feature_steps, attention_steps, resblock, attention,
+                       storage_dtype, source_conditioning=conditioning)
+
+
+def generate_guidance(model, positive, negative, samples: torch.Tensor, seed: int, steps: int, cfg: float,
+                      sites: LayerSites, feature_steps: int, attention_steps: int,
+                      storage_dtype: torch.dtype) -> tuple[FeatureBank, torch.Tensor]:
+    """Generate a guidance image with DDIM + CFG from a seed and record the bank during it.
+
+    As the original code does for generated guidance images: features are taken
+    from the generation's own UNet calls (uncond and cond branches under CFG),
+    starting from x_T ~ N(0, I) in the official (variance-preserving) scale.
+    Returns the bank and the generated image's LATENT.
+    """
+    facts = patcher.model_facts(model)
+    check_source_latent(samples, facts, "latent that sets the guidance image size")
+    timesteps = ddim_timesteps(steps)
+    cfg_branches = not math.isclose(cfg, 1.0)
+    recorder = Recorder(tuple(timesteps), sites, feature_steps, attention_steps,
+                        comfy.model_management.intermediate_device(), storage_dtype, cfg_branches=cfg_branches)
+    clone = patcher.with_pnp_sites(model, recorder)
+    sigmas = facts.sigmas_at(timesteps + [0])
+    noise = comfy.sample.prepare_noise(samples, seed)
+    x_T = facts.latent_format.process_out(noise * (1.0 + sigmas[0] ** 2) ** 0.5)
+    trajectory_x: dict[int, torch.Tensor] = {}
+    progress = _progress(clone, steps)
+
+    def keep_trajectory(step, x0, x, total):
+        trajectory_x[step] = x.detach().float().cpu()
+        progress(step, x0, x, total)
+
+    guider = comfy.samplers.CFGGuider(clone)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    final = guider.sample(torch.zeros_like(x_T), x_T, comfy.samplers.ksampler("euler"), sigmas,
+                          callback=keep_trajectory, disable_pbar=_disable_pbar(), seed=seed)
+    latents = facts.latent_format.process_out(torch.cat([trajectory_x[i] for i in range(steps)]))
+    trajectory = Trajectory(facts.identity, tuple(timesteps), latents, steps, "generated")
+    resblock, attention = recorder.build()
+    bank = FeatureBank(trajectory, sites, SOURCE_CFG if cfg_branches else SOURCE_SINGLE, feature_steps,
+                       attention_steps, resblock, attention, storage_dtype, source_conditioning=positive)
+    return bank, final.float().cpu() / (1.0 + sigmas[-1] ** 2) ** 0.5
+
+
+class PnPGuider(comfy.samplers.CFGGuider):
+    """CFG, or the original paper's negative prompting when a ``pnp_negative`` cond is set.
+
+    Negative prompting: ``e_tilde = a_i * e(uncond) + (1 - a_i) * e(negative)``,
+    then ``e = e_tilde + w * (e(cond) - e_tilde)``. The blend weights sum to one,
+    so doing it on ComfyUI's denoised outputs is the same as on eps.
+    """
+
+    def __init__(self, model_patcher, sigmas: torch.Tensor, negative_alphas: list[float] | None):
+        super().__init__(model_patcher)
+        self.step_sigmas = sigmas
+        self.negative_alphas = negative_alphas
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        negative_prompt = self.conds.get("pnp_negative")
+        if negative_prompt is None:
+            return super().predict_noise(x, timestep, model_options, seed)
+        positive, uncond = self.conds.get("positive"), self.conds.get("negative")
+        cond_out, uncond_out, negative_out = comfy.samplers.calc_cond_batch(
+            self.inner_model, [positive, uncond, negative_prompt], x, timestep, model_options)
+        step = int(torch.argmin((self.step_sigmas - float(timestep.flatten()[0])).abs()))
+        alpha = self.negative_alphas[step]
+        uncond_tilde = alpha * uncond_out + (1.0 - alpha) * negative_out
+        return comfy.samplers.cfg_function(self.inner_model, cond_out, uncond_tilde, self.cfg, x, timestep,
+                                           model_options=model_options, cond=positive, uncond=uncond)
+
+
+def translate(model, positive, negative, bank: FeatureBank, cfg: float, plan: InjectionPlan, final_step: str,
+              strength: float = 1.0, mask: torch.Tensor | None = None, paper_negative=None,
+              negative_alphas: list[float] | None = None) -> torch.Tensor:
+    """PnP sampling: DDIM from the bank's x_T on its timesteps, injecting below the thresholds."""
+    if final_step not in FINAL_STEPS:
+        raise PnPInputError(f"final_step must be one of {FINAL_STEPS}, got {final_step!r}.")
+    facts = patcher.model_facts(model)
+    check_model(bank.trajectory.model, facts.identity, "feature bank")
+    clone = patcher.with_pnp_sites(model, Injector(bank, plan, strength, mask))
+    timesteps = list(bank.trajectory.timesteps)
+    step_sigmas = facts.sigmas_at(timesteps)
+    final_sigma = facts.sigma(0) if final_step == "official" else 0.0
+    sigmas = torch.cat([step_sigmas, torch.tensor([final_sigma])])
+    guider = PnPGuider(clone, step_sigmas, negative_alphas)
+    conds = {"positive": positive, "negative": negative}
+    if paper_negative is not None:
+        conds["pnp_negative"] = paper_negative
+    guider.inner_set_conds(conds)
+    guider.set_cfg(cfg)
+    x_T = bank.trajectory.x_T()
+    out = guider.sample(torch.zeros_like(x_T), x_T, comfy.samplers.ksampler("euler"), sigmas,
+                        callback=_progress(clone, len(timesteps)), disable_pbar=_disable_pbar(), seed=0)
+    # Official: the last DDIM step lands on alpha_bar(0) and returns z = sqrt(alpha_bar(0)) * x.
+    return out.float().cpu() / (1.0 + final_sigma ** 2) ** 0.5

@@ -1,0 +1,119 @@
+"""Timesteps, injection thresholds and negative-prompt schedules of the official code.
+
+Pure Python/torch, no ComfyUI. Timesteps are the SD training indices 0..999.
+- Sampling with N steps uses diffusers' DDIM "leading" spacing with offset 1:
+  t_k = k * (1000 // N) + 1, descending (981, 961, ..., 1 for N = 50). The
+  original (CompVis) code's ``make_ddim_timesteps('uniform')`` gives the same.
+- Inversion with M steps uses the same rule ascending; every sampling timestep
+  must be one of them (pnp-diffusers inverts with 999 steps: 1..999).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import PnPInputError
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+THRESHOLD_CONVENTIONS = ("pnp-diffusers", "original")
+NEGATIVE_SCHEDULES = ("constant", "linear", "exp")
+
+
+def ddim_timesteps(steps: int) -> list[int]:
+    """Official DDIM timesteps for ``steps`` steps, descending (sampling order).
+
+    ``t_k = k * (1000 // steps) + 1``; a timestep past 999 (only for 1000 steps)
+    does not exist in SD's schedule and is dropped, so 1000 steps equal 999.
+    """
+    if not 1 <= steps <= NUM_TRAIN_TIMESTEPS:
+        raise PnPInputError(f"steps must be between 1 and {NUM_TRAIN_TIMESTEPS}, got {steps}.")
+    ratio = NUM_TRAIN_TIMESTEPS // steps
+    ts = [k * ratio + 1 for k in range(steps)]
+    return [t for t in reversed(ts) if t < NUM_TRAIN_TIMESTEPS]
+
+
+def inversion_timesteps(sampling_steps: int, inversion_steps: int) -> list[int]:
+    """Ascending inversion timesteps; they must contain every sampling timestep."""
+    count = inversion_steps or sampling_steps
+    ts = sorted(ddim_timesteps(count))
+    missing = sorted(set(ddim_timesteps(sampling_steps)) - set(ts), reverse=True)
+    if missing:
+        raise PnPInputError(
+            f"inversion_steps={count} inverts through timesteps {_short(ts)}, which miss the "
+            f"sampling timesteps {_short(missing)} of steps={sampling_steps}. Set inversion_steps to 0 "
+            f"(same as steps), 999 (the officials' choice) or a count whose timesteps contain the "
+            f"sampling ones (for steps={sampling_steps}: {', '.join(map(str, valid_inversion_counts(sampling_steps)[:6]))}, ...)."
+        )
+    return ts
+
+
+def valid_inversion_counts(sampling_steps: int) -> list[int]:
+    wanted = set(ddim_timesteps(sampling_steps))
+    return [m for m in range(sampling_steps, NUM_TRAIN_TIMESTEPS + 1) if wanted <= set(ddim_timesteps(m))]
+
+
+def injection_step_count(steps: int, threshold: float, convention: str = "pnp-diffusers") -> int:
+    """How many leading sampling steps inject, for a threshold given as a fraction of steps.
+
+    pnp-diffusers injects while ``i < int(steps * threshold)``; the original code
+    compares ``i <= int(threshold_steps)``, one step more (capped at ``steps``).
+    """
+    check_fraction("threshold", threshold)
+    if convention == "pnp-diffusers":
+        return int(steps * threshold)
+    if convention == "original":
+        return min(steps, int(steps * threshold) + 1)
+    raise PnPInputError(f"threshold convention must be one of {THRESHOLD_CONVENTIONS}, got {convention!r}.")
+
+
+def negative_prompt_alphas(steps: int, schedule: str, alpha: float) -> list[float]:
+    """Per-step weight of the plain uncond in the original's negative prompting.
+
+    ``e_tilde = a_i * e(uncond) + (1 - a_i) * e(negative)``; schedules as in the
+    original's ``make_negative_prompt_schedule``, times ``alpha``.
+    """
+    check_fraction("negative_alpha", alpha)
+    if schedule == "constant":
+        base = np.ones(steps)
+    elif schedule == "linear":
+        base = np.flip(np.linspace(0, 1, steps))
+    elif schedule == "exp":
+        base = np.exp(-6 * np.linspace(0, 1, steps))
+    else:
+        raise PnPInputError(f"negative_schedule must be one of {NEGATIVE_SCHEDULES}, got {schedule!r}.")
+    return (base * alpha).tolist()
+
+
+def check_fraction(name: str, value: float) -> None:
+    if not (0.0 <= value <= 1.0) or math.isnan(value):
+        raise PnPInputError(f"{name} must be a fraction of the steps between 0 and 1, got {value}.")
+
+
+@dataclass(frozen=True)
+class InjectionPlan:
+    """Which leading steps inject ResBlock features and self-attention q/k."""
+
+    steps: int
+    feature_steps: int
+    attention_steps: int
+
+    @classmethod
+    def from_thresholds(cls, steps: int, feature_injection: float, attention_injection: float,
+                        convention: str = "pnp-diffusers") -> "InjectionPlan":
+        return cls(steps, injection_step_count(steps, feature_injection, convention),
+                   injection_step_count(steps, attention_injection, convention))
+
+    def injects_features(self, step: int) -> bool:
+        return step < self.feature_steps
+
+    def injects_attention(self, step: int) -> bool:
+        return step < self.attention_steps
+
+
+def _short(ts: list[int]) -> str:
+    if len(ts) <= 6:
+        return "[" + ", ".join(map(str, ts)) + "]"
+    return "[" + ", ".join(map(str, ts[:3])) + ", ..., " + ", ".join(map(str, ts[-2:])) + "]"

@@ -76,6 +76,11 @@ def model_facts(model) -> ModelFacts:
         )
     latent_format = model.get_model_object("latent_format")
     unet = base.diffusion_model
+    if unet.in_channels != latent_format.latent_channels:
+        raise PnPInputError(
+            f"This {SUPPORTED_FAMILIES[family]} UNet takes {unet.in_channels} input channels (an inpainting or "
+            f"instruct model); PnP needs a plain text-to-image checkpoint with {latent_format.latent_channels}."
+        )
     layout = UNetLayout(
         has_resblock=tuple(type(block[0]).__name__ == "ResBlock" for block in unet.output_blocks),
         transformer_depth=tuple(

@@ -53,6 +53,9 @@ LAYOUTS = {
                  num_heads=8, num_head_channels=-1, clip="sd1", v_prediction=False, seed=1501),
     "sd15_reduced": dict(channel_mult=[1, 1, 1, 1], context_dim=768, use_linear_in_transformer=False,
                          num_heads=8, num_head_channels=-1, clip="sd1", v_prediction=False, seed=1502),
+    # Same layout, other seed: "another checkpoint of the same family".
+    "sd15_reduced_alt": dict(channel_mult=[1, 1, 1, 1], context_dim=768, use_linear_in_transformer=False,
+                             num_heads=8, num_head_channels=-1, clip="sd1", v_prediction=False, seed=1503),
     "sd2_reduced": dict(channel_mult=[1, 1, 1, 1], context_dim=1024, use_linear_in_transformer=True,
                         num_heads=-1, num_head_channels=64, clip="sd2", v_prediction=False, seed=2001),
     "sd2v_reduced": dict(channel_mult=[1, 1, 1, 1], context_dim=1024, use_linear_in_transformer=True,
@@ -63,6 +66,7 @@ LAYOUTS = {
 EXPECTED_DETECTION = {
     "sd15": ("SD15", "EPS"),
     "sd15_reduced": ("SD15", "EPS"),
+    "sd15_reduced_alt": ("SD15", "EPS"),
     "sd2_reduced": ("SD20", "EPS"),
     "sd2v_reduced": ("SD20", "V_PREDICTION"),
 }

@@ -445,3 +445,24 @@ def test_unsupported_model_is_refused_with_what_is_supported(host, sd15, in_chan
         with torch.inference_mode():
             node(host, "PnP_DDIMInversion").execute(other, sd15["latent"], sd15["empty"], STEPS, 0)
     assert _patch_state(other) == before
+
+
+def test_official_inversion_differs_from_flipsigmas_euler(host, sd15):
+    """ComfyUI users' usual inversion (FlipSigmas + Euler on ddim_uniform) is not the official one (README)."""
+    import comfy.samplers
+    import comfy_extras.nodes_custom_sampler as custom
+
+    inversion, noise = invert(host, sd15)
+    with torch.inference_mode():
+        sigmas = comfy.samplers.calculate_sigmas(sd15["model"].get_model_object("model_sampling"), "ddim_uniform",
+                                                 STEPS)
+        flipped = custom.FlipSigmas().get_sigmas(sigmas)[0]
+        guider = comfy.samplers.CFGGuider(sd15["model"])
+        guider.set_conds(sd15["empty"], [])
+        guider.set_cfg(1.0)
+        euler = guider.sample(torch.zeros(1, 4, 8, 8), sd15["latent"]["samples"],
+                              comfy.samplers.sampler_object("euler"),
+                              flipped, seed=0)
+    diff = float((euler - noise["samples"]).abs().max()) / float(noise["samples"].abs().max())
+    print(f"relative max difference of x_T, official vs FlipSigmas+Euler, {STEPS} steps: {diff:.3g}")
+    assert diff > 1e-3, diff

@@ -27,6 +27,7 @@ import workflow_specs  # noqa: E402
 from conftest import CACHE_DIR  # noqa: E402
 
 WORKFLOWS = guidance_image.WORKFLOWS
+CHROME = [65, 80]  # px of the frontend's side bar and top bars over the canvas
 
 
 def main() -> None:
@@ -41,6 +42,7 @@ def main() -> None:
         frontend = browser.Frontend(chromium, server)
         for make in workflow_specs.WORKFLOWS:
             spec = make()
+            spec["chrome"] = CHROME
             built = json.loads(frontend.page.evaluate(workflow_specs.BUILD_JS, spec))
             ui_path = WORKFLOWS / f"{spec['name']}.json"
             api_path = WORKFLOWS / "api" / f"{spec['name']}.json"

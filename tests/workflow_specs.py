@@ -95,7 +95,7 @@ def _real_image_core(target: str, save_prefix: str) -> tuple[list, list]:
 
 def real_image() -> dict:
     nodes, links = _real_image_core("a photo of a gingerbread house on a snowy hill, winter", "pnp/real_image")
-    nodes.append(_note(20, [830, 560], [700, 420],
+    nodes.append(_note(20, [830, 560], [700, 320],
                        "## PnP: translate a real image\n"
                        "The guidance image is DDIM-inverted with the empty prompt; a feature bank records its "
                        "decoder features; PnP Sampler generates the **target prompt** from the same noise while "
@@ -120,7 +120,7 @@ def generated_guidance() -> dict:
         _sampler(10, (1200, 40)),
         _node(11, "VAEDecode", [1570, 40], size=[220, 50]),
         _node(12, "SaveImage", [1570, 140], {"filename_prefix": "pnp/generated_guidance"}, size=[400, 460]),
-        _note(20, [20, 400], [360, 560],
+        _note(20, [20, 400], [360, 420],
               "## PnP from a generated guidance image\n"
               "The paper's second mode: **PnP Generate Guidance** samples the guidance image from the "
               "*guidance prompt* and seed (DDIM, `cfg` 5 as the original code) and records the feature bank "
@@ -160,7 +160,7 @@ def several_prompts() -> dict:
             (8, 0, base + 1, "features"),
             (base + 1, 0, base + 2, "samples"), (1, 2, base + 2, "vae"), (base + 2, 0, base + 3, "images"),
         ]
-    nodes.append(_note(20, [830, 560], [340, 520],
+    nodes.append(_note(20, [830, 560], [340, 380],
                        "## Several target prompts, one bank\n"
                        "One inversion and one **PnP Feature Bank** feed three PnP Samplers, one per target "
                        "prompt. ComfyUI runs the inversion and the bank once and caches them: each extra prompt "
@@ -186,7 +186,7 @@ def controlnet() -> dict:
         (1, 2, 15, "vae"),
         (15, 0, 9, "positive"), (15, 1, 9, "negative"),
     ]
-    nodes.append(_note(20, [1200, 660], [560, 400],
+    nodes.append(_note(20, [1200, 660], [560, 300],
                        "## PnP + ControlNet\n"
                        "ControlNet is applied to the **target** conditioning with the core *Apply ControlNet* "
                        "node, exactly as for KSampler, and PnP Sampler uses it in every step; the guidance "
@@ -207,7 +207,7 @@ def mask() -> dict:
               size=[330, 380], color=COLOR_INPUT),
     ]
     links.append((12, 0, 9, "mask"))
-    nodes.append(_note(20, [830, 560], [340, 560],
+    nodes.append(_note(20, [830, 560], [340, 360],
                        "## PnP restricted to a mask\n"
                        "Inside the mask (white) the guidance image's features are injected, outside they are "
                        "not: the subject keeps its structure while the background follows the prompt freely.\n\n"
@@ -254,12 +254,25 @@ async (spec) => {
     if (index < 0) throw new Error(`${target.type} has no input ${input}`);
     if (!byId[src].connect(slot, target, index)) throw new Error(`cannot link ${src}:${slot} -> ${dst}.${input}`);
   }
-  // the frontend's own "Fit view", after the nodes have been drawn once; the view is saved in extra.ds
+  // fit the view to the nodes (as "Fit view" does, but tighter and clear of the side and top bars);
+  // it is saved in extra.ds and restored when the file is opened
   const frame = () => new Promise(r => requestAnimationFrame(() => r()));
   app.graph.setDirtyCanvas(true, true);
   await frame(); await frame();
-  await app.extensionManager.command.execute('Comfy.Canvas.FitView');
-  await frame(); await frame();
+  let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
+  for (const node of graph.nodes) {
+    x0 = Math.min(x0, node.pos[0]); y0 = Math.min(y0, node.pos[1] - LiteGraph.NODE_TITLE_HEIGHT);
+    x1 = Math.max(x1, node.pos[0] + node.size[0]); y1 = Math.max(y1, node.pos[1] + node.size[1]);
+  }
+  const ds = app.canvas.ds;
+  const [cw, ch] = [ds.element.width / devicePixelRatio, ds.element.height / devicePixelRatio];
+  const [left, top] = spec.chrome;
+  const scale = 0.96 * Math.min((cw - left) / (x1 - x0), (ch - top) / (y1 - y0));
+  ds.scale = scale;
+  ds.offset[0] = (left + (cw - left) / 2) / scale - (x0 + x1) / 2;
+  ds.offset[1] = (top + (ch - top) / 2) / scale - (y0 + y1) / 2;
+  app.graph.setDirtyCanvas(true, true);
+  await frame();
   const { workflow, output } = await app.graphToPrompt();
   workflow.extra = { ...(workflow.extra || {}), ds: { scale: app.canvas.ds.scale, offset: [...app.canvas.ds.offset] } };
   // JSON text: what a saved file holds (undefined fields dropped, as the frontend's own save does)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from host import run_prompt
-from pnp_graph import make_guidance, run_node
+from pnp_graph import make_guidance
 
 SIZE = 128  # px; latent 16x16, attention sites at 4x4, 8x8 and 16x16: a half mask stays exactly 0/1.
 STEPS = 8

@@ -5,6 +5,7 @@ from comfy_api.v0_0_2 import io
 
 from ..pnp_hooks import sampling
 from ..pnp_hooks.bank import check_steps
+from ..pnp_hooks.masks import injection_weight_map
 from ..pnp_hooks.schedule import NEGATIVE_SCHEDULES, THRESHOLD_CONVENTIONS, InjectionPlan, negative_prompt_alphas
 from .types import CATEGORY, PnPFeatures
 
@@ -52,6 +53,18 @@ class PnPSampler(io.ComfyNode):
                                optional=True, tooltip=(
                     "How negative_alpha moves over the steps: linear (to 0), constant, exp(-6t). "
                     "alpha 1 with constant disables negative prompting.")),
+                io.Mask.Input("mask", optional=True, tooltip=(
+                    "Where to inject (1) and where not (0), e.g. the subject from a SAM node, Load Image's "
+                    "alpha or a painted mask: the subject keeps the guidance structure, the background follows "
+                    "the prompt. One mask, the guidance image's size (or its latent size); resized to each "
+                    "injected layer.")),
+                io.Float.Input("injection_strength", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip=("Blend between the target's own tensors (0) and the guidance image's "
+                                        "(1 = the paper's replacement) at the injected layers and steps.")),
+                io.Float.Input("outside_mask_strength", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip=("Injection weight outside the mask, relative to inside (0 = no "
+                                        "injection outside, 1 = the mask has no effect). Used only when a mask "
+                                        "is connected.")),
             ],
             outputs=[io.Latent.Output("latent", tooltip="The translated image's latent.")],
         )
@@ -59,13 +72,18 @@ class PnPSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, features, cfg, feature_injection, attention_injection, steps,
                 threshold_convention, final_step, negative_prompt=None, negative_alpha=1.0,
-                negative_schedule="linear") -> io.NodeOutput:
+                negative_schedule="linear", mask=None, injection_strength=1.0,
+                outside_mask_strength=0.0) -> io.NodeOutput:
         check_steps(features.steps, steps, "feature bank")
         plan = InjectionPlan.from_thresholds(features.steps, feature_injection, attention_injection,
                                              threshold_convention)
         alphas = None
         if negative_prompt is not None:
             alphas = negative_prompt_alphas(features.steps, negative_schedule, negative_alpha)
+        weights = None
+        if mask is not None:
+            weights = injection_weight_map(mask, features.trajectory.latent_shape, outside_mask_strength)
         samples = sampling.translate(model, positive, negative, features, cfg, plan, final_step,
+                                     strength=injection_strength, mask=weights,
                                      paper_negative=negative_prompt, negative_alphas=alphas)
         return io.NodeOutput({"samples": samples})

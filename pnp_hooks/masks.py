@@ -1,0 +1,51 @@
+"""Spatial injection weights from a user's MASK (pure torch, no ComfyUI).
+
+A ComfyUI MASK is (B, H, W) (or (H, W)) in [0, 1]. PnP accepts one mask
+(batch 1) at the guidance image's pixel size (latent size x 8 for SD 1.x/2.x)
+or at its latent size. It becomes a weight map (1, H, W):
+``w = outside + (1 - outside) * mask``, so the mask's inside injects fully and
+its outside with weight ``outside`` (0 = not at all). ``injection.Injector``
+resizes the map to each site's (h, w) (``mask_at_resolution``) and multiplies
+it by the injection strength.
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import PnPInputError
+
+# SD 1.x/2.x VAE: one latent pixel per 8x8 image pixels.
+VAE_SCALE = 8
+
+
+def injection_weight_map(mask: torch.Tensor, latent_shape: tuple[int, ...], outside: float) -> torch.Tensor:
+    """Check ``mask`` against the bank's latent (C, h, w) and return the weight map (1, H, W), float32."""
+    h, w = latent_shape[-2:]
+    image_hw = (h * VAE_SCALE, w * VAE_SCALE)
+    if mask.ndim == 2:
+        mask = mask.unsqueeze(0)
+    if mask.ndim != 3:
+        raise PnPInputError(
+            f"The mask has shape {list(mask.shape)}; a MASK is (batch, height, width). Connect a MASK output "
+            f"(Load Image's MASK, Load Image (as Mask), a SAM/segmentation node)."
+        )
+    if mask.shape[0] != 1:
+        raise PnPInputError(
+            f"The mask holds a batch of {mask.shape[0]} masks; PnP uses one mask for the guidance image. "
+            f"Combine them (Mask Composite, 'add') or pick one (Convert Mask to Image -> Image From Batch -> "
+            f"Convert Image to Mask)."
+        )
+    size = tuple(mask.shape[-2:])
+    if size not in (image_hw, (h, w)):
+        raise PnPInputError(
+            f"The mask is {size[1]}x{size[0]} px but the guidance image is {image_hw[1]}x{image_hw[0]} px "
+            f"(latent {w}x{h}). Use a mask of the guidance image itself (same width and height), or scale it: "
+            f"Convert Mask to Image -> Upscale Image to {image_hw[1]}x{image_hw[0]} -> Convert Image to Mask."
+        )
+    mask = mask.detach().float().cpu()
+    if not torch.isfinite(mask).all():
+        raise PnPInputError("The mask contains NaN or infinite values; connect a mask with values in [0, 1].")
+    if not 0.0 <= outside <= 1.0:
+        raise PnPInputError(f"outside_mask_strength must be in [0, 1], got {outside}.")
+    mask = mask.clamp(0.0, 1.0)
+    return mask if outside == 0.0 else outside + (1.0 - outside) * mask

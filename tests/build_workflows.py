@@ -1,0 +1,56 @@
+"""Regenerate workflows/*.json (UI format), workflows/api/*.json (API twins) and the .jpg thumbnails.
+
+Run from the repository root with the test environment: ``.venv/bin/python tests/build_workflows.py``.
+It boots ComfyUI in-process only to build the random test models, then starts
+the real server and frontend, builds each spec of ``workflow_specs`` in the
+page, saves what the frontend serialises, re-opens the saved file through the
+UI, runs it small and screenshots the result as the thumbnail.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+
+import browser  # noqa: E402
+import checkpoints  # noqa: E402
+import extra_models  # noqa: E402
+import guidance_image  # noqa: E402
+import host as host_module  # noqa: E402
+import workflow_specs  # noqa: E402
+from conftest import CACHE_DIR  # noqa: E402
+
+WORKFLOWS = guidance_image.WORKFLOWS
+CHROME = [65, 80]  # px of the frontend's side bar and top bars over the canvas
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="pnp-build-"))
+    host = host_module.boot(work / "host", CACHE_DIR / "checkpoints")
+    ckpt = host.checkpoint_dir / checkpoints.ensure_checkpoint("sd15_reduced", host.checkpoint_dir)
+    cn = host.models_dir / "controlnet" / extra_models.ensure(
+        host.models_dir / "controlnet", extra_models.controlnet_name(), extra_models.build_controlnet)
+    guidance_image.write()
+    (WORKFLOWS / "api").mkdir(exist_ok=True)
+    with browser.server_for_workflows(work / "server", ckpt, cn) as server, browser.chromium() as chromium:
+        frontend = browser.Frontend(chromium, server)
+        for make in workflow_specs.WORKFLOWS:
+            spec = make()
+            spec["chrome"] = CHROME
+            built = json.loads(frontend.page.evaluate(workflow_specs.BUILD_JS, spec))
+            ui_path = WORKFLOWS / f"{spec['name']}.json"
+            api_path = WORKFLOWS / "api" / f"{spec['name']}.json"
+            ui_path.write_text(json.dumps(built["workflow"], indent=2) + "\n")
+            api_path.write_text(json.dumps(built["output"], indent=2) + "\n")
+            result = browser.exercise_workflow(frontend, ui_path, api_path, WORKFLOWS / f"{spec['name']}.jpg")
+            print(f"{spec['name']}: built, re-opened, ran in {result['seconds']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The shipped workflow files: complete, core nodes plus ours only, paper defaults, notes, a thumbnail each."""
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import guidance_image
+import workflow_specs
+from find_comfyui import PACK_ROOT
+from test_host import PUBLIC_NODE_IDS
+
+WORKFLOWS = PACK_ROOT / "workflows"
+NAMES = [make()["name"] for make in workflow_specs.WORKFLOWS]
+FRONTEND_ONLY = {"Note", "MarkdownNote"}
+
+
+def test_every_workflow_has_its_api_twin_and_thumbnail():
+    assert sorted(p.stem for p in WORKFLOWS.glob("*.json")) == sorted(NAMES)
+    for name in NAMES:
+        ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+        assert ui["version"] == 0.4 and ui["nodes"] and ui["links"], name
+        api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+        assert all("class_type" in node for node in api.values()), name
+        with Image.open(WORKFLOWS / f"{name}.jpg") as thumb:
+            assert thumb.format == "JPEG" and thumb.width >= 800, name
+
+
+def test_shipped_guidance_image_and_mask_are_what_the_generator_draws():
+    image, mask = guidance_image.draw_scene()
+    shipped = Image.open(WORKFLOWS / guidance_image.IMAGE_NAME)
+    assert shipped.size == (guidance_image.SIZE, guidance_image.SIZE) and shipped.mode == "RGB"
+    assert np.array_equal(np.asarray(shipped), np.asarray(image))
+    assert np.array_equal(np.asarray(Image.open(WORKFLOWS / guidance_image.MASK_NAME)), np.asarray(mask))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_uses_core_nodes_and_ours_only_with_notes(host, name):
+    import nodes
+
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    for node in ui["nodes"]:
+        kind = node["type"]
+        if kind in FRONTEND_ONLY or kind in PUBLIC_NODE_IDS:
+            continue
+        source = Path(inspect.getsourcefile(nodes.NODE_CLASS_MAPPINGS[kind])).resolve()
+        relative = source.relative_to(host.comfy_path)  # raises if the node is not ComfyUI's own
+        assert relative.parts[0] in ("nodes.py", "comfy_extras"), (kind, source)
+    notes = [n for n in ui["nodes"] if n["type"] == "MarkdownNote"]
+    assert notes and all(len(n["widgets_values"][0]) > 200 for n in notes), name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_carries_the_paper_defaults(name):
+    api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+    by_type: dict[str, list[dict]] = {}
+    for node in api.values():
+        by_type.setdefault(node["class_type"], []).append(node["inputs"])
+    assert [n["ckpt_name"] for n in by_type["CheckpointLoaderSimple"]] == [workflow_specs.CHECKPOINT]
+    for inv in by_type.get("PnP_DDIMInversion", []):
+        assert (inv["steps"], inv["inversion_steps"]) == (50, 0)
+    for gen in by_type.get("PnP_GenerateGuidance", []):
+        assert gen["steps"] == 50
+    for bank in by_type.get("PnP_FeatureBank", []) + by_type.get("PnP_GenerateGuidance", []):
+        assert (bank["resblock_layers"], bank["attention_layers"]) == ("auto", "auto")
+        assert (bank["feature_injection"], bank["attention_injection"]) == (0.8, 0.5)
+    samplers = by_type["PnP_Sampler"]
+    assert samplers
+    for s in samplers:
+        assert (s["cfg"], s["feature_injection"], s["attention_injection"], s["steps"]) == (7.5, 0.8, 0.5, 0)
+        assert (s["threshold_convention"], s["final_step"], s["injection_strength"]) == ("pnp-diffusers", "official", 1.0)
+    titles = [n["_meta"]["title"] for n in api.values() if n["class_type"] == "CLIPTextEncode"]
+    assert any(t.startswith("Target prompt") for t in titles), titles

@@ -1,0 +1,281 @@
+"""The shipped workflows, as specs the real frontend turns into its own UI-format files.
+
+``python tests/build_workflows.py`` starts ComfyUI and its frontend, builds each
+spec in the page with LiteGraph's own node classes (``LiteGraph.createNode``,
+``connect``), and saves what the frontend serialises (``app.graphToPrompt()``:
+``workflow`` = the UI file, ``output`` = the API twin). Node titles starting
+with "Target prompt" are what ``workflows/run.py --prompt`` fills.
+"""
+from __future__ import annotations
+
+CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+CHECKPOINT_URL = ("https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
+                  "v1-5-pruned-emaonly.safetensors")
+CONTROLNET = "control_v11p_sd15_canny_fp16.safetensors"
+CONTROLNET_URL = ("https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
+                  "control_v11p_sd15_canny_fp16.safetensors")
+GUIDANCE_IMAGE = "pnp_guidance.png"
+GUIDANCE_MASK = "pnp_guidance_mask.png"
+NEGATIVE = "ugly, blurry, black, low res, unrealistic"
+
+COLOR_PNP = "#335"
+COLOR_INPUT = "#353"
+
+_HOW_TO_INPUT = (
+    "**Guidance image**: `pnp_guidance.png` ships in this pack's `workflows/` folder: copy it to "
+    "`ComfyUI/input/` (or use *Load Image → upload* with your own photo, any size that is a multiple of 8 px; "
+    "512 px suits SD 1.5).\n\n"
+    "**Checkpoint**: any SD 1.x or SD 2.x checkpoint (default `v1-5-pruned-emaonly.safetensors`).")
+
+_KNOBS = (
+    "### Plug-and-Play knobs (paper defaults)\n"
+    "- **PnP DDIM Inversion** `steps` 50: sampling steps (all PnP nodes follow it). `inversion_steps` 0 = "
+    "same as steps; the official code uses **999** (better reconstruction, ~20x slower).\n"
+    "- **PnP Feature Bank** records the guidance image's decoder features from `UNet(z_t, t, \"\")`: "
+    "`resblock_layers` auto = block 4, `attention_layers` auto = blocks 4-11.\n"
+    "- **PnP Sampler** `feature_injection` τ_f = 0.8 and `attention_injection` τ_A = 0.5: the fraction of the "
+    "steps during which the guidance structure is injected. Higher = closer to the guidance layout, lower = "
+    "more freedom for the prompt. `cfg` 7.5 (the original code: 10).\n"
+    "- `injection_strength` 1 = the paper; lower blends the target's own features back in.")
+
+
+def _node(id, type, pos, widgets=None, title=None, size=None, color=None, models=None):
+    return {"id": id, "type": type, "pos": pos, "widgets": widgets or {}, "title": title, "size": size,
+            "color": color, "models": models}
+
+
+def _note(id, pos, size, text):
+    return {"id": id, "type": "MarkdownNote", "pos": pos, "widgets": {"text": text}, "size": size,
+            "title": "Notes", "color": "#432"}
+
+
+def _checkpoint(id=1, pos=(20, 60)):
+    return _node(id, "CheckpointLoaderSimple", list(pos), {"ckpt_name": CHECKPOINT}, size=[330, 100],
+                 models=[{"name": CHECKPOINT, "url": CHECKPOINT_URL, "directory": "checkpoints"}])
+
+
+def _text(id, pos, title, text, size=(380, 150), color=None):
+    return _node(id, "CLIPTextEncode", list(pos), {"text": text}, title=title, size=list(size), color=color)
+
+
+def _sampler(id, pos, widgets=None):
+    values = {"cfg": 7.5, "feature_injection": 0.8, "attention_injection": 0.5, "steps": 0}
+    values.update(widgets or {})
+    return _node(id, "PnP_Sampler", list(pos), values, color=COLOR_PNP, size=[320, 420])
+
+
+def _real_image_core(target: str, save_prefix: str) -> tuple[list, list]:
+    """Checkpoint, prompts, guidance image, inversion, bank, one sampler, decode, save (ids 1-11)."""
+    nodes = [
+        _checkpoint(),
+        _text(2, (400, 40), "Source prompt (empty, as the paper)", "", size=(380, 110)),
+        _text(3, (400, 190), "Target prompt", target, color=COLOR_INPUT),
+        _text(4, (400, 380), "Negative prompt", NEGATIVE, size=(380, 110)),
+        _node(5, "LoadImage", [20, 220], {"image": GUIDANCE_IMAGE}, title="Guidance image", size=[330, 380],
+              color=COLOR_INPUT),
+        _node(6, "VAEEncode", [400, 540], size=[220, 50]),
+        _node(7, "PnP_DDIMInversion", [830, 40], {"steps": 50, "inversion_steps": 0}, color=COLOR_PNP,
+              size=[320, 160]),
+        _node(8, "PnP_FeatureBank", [830, 250], {"feature_injection": 0.8, "attention_injection": 0.5},
+              color=COLOR_PNP, size=[320, 260]),
+        _sampler(9, (1200, 40)),
+        _node(10, "VAEDecode", [1570, 40], size=[220, 50]),
+        _node(11, "SaveImage", [1570, 140], {"filename_prefix": save_prefix}, size=[400, 460]),
+    ]
+    links = [
+        (1, 1, 2, "clip"), (1, 1, 3, "clip"), (1, 1, 4, "clip"),
+        (5, 0, 6, "pixels"), (1, 2, 6, "vae"),
+        (1, 0, 7, "model"), (6, 0, 7, "latent"), (2, 0, 7, "conditioning"),
+        (1, 0, 8, "model"), (7, 0, 8, "inversion"), (2, 0, 8, "conditioning"),
+        (1, 0, 9, "model"), (3, 0, 9, "positive"), (4, 0, 9, "negative"), (8, 0, 9, "features"),
+        (9, 0, 10, "samples"), (1, 2, 10, "vae"), (10, 0, 11, "images"),
+    ]
+    return nodes, links
+
+
+def real_image() -> dict:
+    nodes, links = _real_image_core("a photo of a gingerbread house on a snowy hill, winter", "pnp/real_image")
+    nodes.append(_note(20, [830, 560], [700, 320],
+                       "## PnP: translate a real image\n"
+                       "The guidance image is DDIM-inverted with the empty prompt; a feature bank records its "
+                       "decoder features; PnP Sampler generates the **target prompt** from the same noise while "
+                       "injecting them, so the layout stays and the content follows the prompt.\n\n"
+                       + _HOW_TO_INPUT + "\n\n" + _KNOBS))
+    return {"name": "pnp_real_image", "nodes": nodes, "links": links}
+
+
+def generated_guidance() -> dict:
+    nodes = [
+        _checkpoint(),
+        _text(2, (400, 40), "Guidance prompt", "a photo of a horse standing in a green meadow", color=COLOR_INPUT),
+        _text(3, (400, 230), "Guidance negative prompt (empty)", "", size=(380, 110)),
+        _node(4, "EmptyLatentImage", [20, 220], {"width": 512, "height": 512, "batch_size": 1}, size=[330, 110]),
+        _node(5, "PnP_GenerateGuidance", [830, 40], {"seed": 1, "control_after_generate": "fixed", "steps": 50,
+                                                     "cfg": 5.0}, color=COLOR_PNP, size=[320, 360]),
+        _node(6, "VAEDecode", [830, 450], size=[220, 50]),
+        _node(7, "PreviewImage", [830, 540], title="Generated guidance image", size=[320, 360]),
+        _text(8, (400, 390), "Target prompt", "a photo of a robot horse made of shiny metal, in a meadow",
+              color=COLOR_INPUT),
+        _text(9, (400, 580), "Negative prompt", NEGATIVE, size=(380, 110)),
+        _sampler(10, (1200, 40)),
+        _node(11, "VAEDecode", [1570, 40], size=[220, 50]),
+        _node(12, "SaveImage", [1570, 140], {"filename_prefix": "pnp/generated_guidance"}, size=[400, 460]),
+        _note(20, [20, 400], [360, 420],
+              "## PnP from a generated guidance image\n"
+              "The paper's second mode: **PnP Generate Guidance** samples the guidance image from the "
+              "*guidance prompt* and seed (DDIM, `cfg` 5 as the original code) and records the feature bank "
+              "during that generation: no inversion. PnP Sampler then generates the **target prompt** from the "
+              "same starting noise with those features injected.\n\n"
+              "Change the seed to get another guidance image; keep it fixed to try several target prompts on "
+              "the same one (ComfyUI caches the bank).\n\n"
+              "`steps` 50 (paper); τ_f 0.8 / τ_A 0.5 on the sampler; `cfg` 7.5."),
+    ]
+    links = [
+        (1, 1, 2, "clip"), (1, 1, 3, "clip"), (1, 1, 8, "clip"), (1, 1, 9, "clip"),
+        (1, 0, 5, "model"), (2, 0, 5, "positive"), (3, 0, 5, "negative"), (4, 0, 5, "latent"),
+        (5, 1, 6, "samples"), (1, 2, 6, "vae"), (6, 0, 7, "images"),
+        (1, 0, 10, "model"), (8, 0, 10, "positive"), (9, 0, 10, "negative"), (5, 0, 10, "features"),
+        (10, 0, 11, "samples"), (1, 2, 11, "vae"), (11, 0, 12, "images"),
+    ]
+    return {"name": "pnp_generated_guidance", "nodes": nodes, "links": links}
+
+
+def several_prompts() -> dict:
+    nodes, links = _real_image_core("a photo of a gingerbread house on a snowy hill, winter", "pnp/prompt_1")
+    nodes[2]["title"] = "Target prompt 1"
+    extra_targets = [("a watercolor painting of a stone cottage by a lake", "pnp/prompt_2"),
+                     ("a house made of colorful toy bricks, studio photo", "pnp/prompt_3")]
+    for i, (text, prefix) in enumerate(extra_targets):
+        base = 30 + 10 * i
+        y = 660 + 520 * i
+        nodes += [
+            _text(base, (400, y), f"Target prompt {i + 2}", text, color=COLOR_INPUT),
+            _sampler(base + 1, (1200, y)),
+            _node(base + 2, "VAEDecode", [1570, y], size=[220, 50]),
+            _node(base + 3, "SaveImage", [1570, y + 100], {"filename_prefix": prefix}, size=[400, 400]),
+        ]
+        links += [
+            (1, 1, base, "clip"),
+            (1, 0, base + 1, "model"), (base, 0, base + 1, "positive"), (4, 0, base + 1, "negative"),
+            (8, 0, base + 1, "features"),
+            (base + 1, 0, base + 2, "samples"), (1, 2, base + 2, "vae"), (base + 2, 0, base + 3, "images"),
+        ]
+    nodes.append(_note(20, [830, 560], [340, 380],
+                       "## Several target prompts, one bank\n"
+                       "One inversion and one **PnP Feature Bank** feed three PnP Samplers, one per target "
+                       "prompt. ComfyUI runs the inversion and the bank once and caches them: each extra prompt "
+                       "costs only its own sampling (2 UNet calls per step), and editing one prompt re-runs only "
+                       "its sampler.\n\n" + _HOW_TO_INPUT))
+    return {"name": "pnp_several_prompts", "nodes": nodes, "links": links}
+
+
+def controlnet() -> dict:
+    nodes, links = _real_image_core("a photo of a gingerbread house on a snowy hill, winter", "pnp/controlnet")
+    nodes += [
+        _node(12, "ControlNetLoader", [20, 660], {"control_net_name": CONTROLNET}, size=[330, 60],
+              models=[{"name": CONTROLNET, "url": CONTROLNET_URL, "directory": "controlnet"}]),
+        _node(13, "Canny", [20, 780], {"low_threshold": 0.4, "high_threshold": 0.8}, size=[330, 90]),
+        _node(14, "PreviewImage", [20, 920], title="Canny edges", size=[330, 330]),
+        _node(15, "ControlNetApplyAdvanced", [830, 560], {"strength": 0.5, "start_percent": 0.0,
+                                                          "end_percent": 1.0}, size=[320, 190]),
+    ]
+    links = [link for link in links if not (link[2] == 9 and link[3] in ("positive", "negative"))]
+    links += [
+        (5, 0, 13, "image"), (13, 0, 14, "images"),
+        (3, 0, 15, "positive"), (4, 0, 15, "negative"), (12, 0, 15, "control_net"), (13, 0, 15, "image"),
+        (1, 2, 15, "vae"),
+        (15, 0, 9, "positive"), (15, 1, 9, "negative"),
+    ]
+    nodes.append(_note(20, [1200, 660], [560, 300],
+                       "## PnP + ControlNet\n"
+                       "ControlNet is applied to the **target** conditioning with the core *Apply ControlNet* "
+                       "node, exactly as for KSampler, and PnP Sampler uses it in every step; the guidance "
+                       "image's inversion and feature bank are not affected. Here the control is the guidance "
+                       "image's Canny edges (SD 1.5 canny ControlNet): PnP keeps the layout through the "
+                       "injected features, the edges keep the contours.\n\n"
+                       "`strength` 0.5: with both PnP and ControlNet holding the structure, a weaker control "
+                       "leaves the prompt more room. Any SD 1.5 ControlNet works (depth, lineart, ...), with "
+                       "its own preprocessor.\n\n" + _HOW_TO_INPUT))
+    return {"name": "pnp_controlnet", "nodes": nodes, "links": links}
+
+
+def mask() -> dict:
+    nodes, links = _real_image_core("a gingerbread house in a snowy forest at night, moonlight", "pnp/mask")
+    nodes[8]["widgets"].update({"injection_strength": 1.0, "outside_mask_strength": 0.0})
+    nodes += [
+        _node(12, "LoadImageMask", [20, 660], {"image": GUIDANCE_MASK, "channel": "red"}, title="Subject mask",
+              size=[330, 380], color=COLOR_INPUT),
+    ]
+    links.append((12, 0, 9, "mask"))
+    nodes.append(_note(20, [830, 560], [340, 360],
+                       "## PnP restricted to a mask\n"
+                       "Inside the mask (white) the guidance image's features are injected, outside they are "
+                       "not: the subject keeps its structure while the background follows the prompt freely.\n\n"
+                       "- `outside_mask_strength` 0: weight of the injection outside the mask (0 = none, "
+                       "1 = the mask has no effect).\n"
+                       "- `injection_strength` 1: blend of target and guidance features (1 = the paper).\n\n"
+                       "**Mask**: `pnp_guidance_mask.png` (the house) ships beside the guidance image: copy "
+                       "both to `ComfyUI/input/`. Any MASK works: a SAM / segmentation node pack's output, "
+                       "Load Image's alpha channel, a mask painted in the Mask Editor. It must be one mask of "
+                       "the guidance image's size."))
+    return {"name": "pnp_mask", "nodes": nodes, "links": links}
+
+
+WORKFLOWS = [real_image, generated_guidance, several_prompts, controlnet, mask]
+
+# Builds a spec in the page with the frontend's own LiteGraph classes and returns what it serialises.
+BUILD_JS = """
+async (spec) => {
+  const graph = app.graph;
+  graph.clear();
+  const byId = {};
+  for (const n of spec.nodes) {
+    const node = LiteGraph.createNode(n.type);
+    if (!node) throw new Error(`unknown node type ${n.type}`);
+    node.id = n.id;
+    graph.add(node);
+    if (node.id !== n.id) throw new Error(`node id ${n.id} not kept`);
+    if (n.title) node.title = n.title;
+    if (n.color) node.color = n.color;
+    for (const [name, value] of Object.entries(n.widgets)) {
+      const w = (node.widgets || []).find(w => w.name === name);
+      if (!w) throw new Error(`${n.type} has no widget ${name}`);
+      w.value = value;
+    }
+    if (n.models) node.properties.models = n.models;
+    node.pos = n.pos;
+    const size = node.computeSize();
+    node.setSize(n.size ? [Math.max(n.size[0], size[0]), Math.max(n.size[1], size[1])] : size);
+    byId[n.id] = node;
+  }
+  for (const [src, slot, dst, input] of spec.links) {
+    const target = byId[dst];
+    const index = target.findInputSlot(input);
+    if (index < 0) throw new Error(`${target.type} has no input ${input}`);
+    if (!byId[src].connect(slot, target, index)) throw new Error(`cannot link ${src}:${slot} -> ${dst}.${input}`);
+  }
+  // fit the view to the nodes (as "Fit view" does, but tighter and clear of the side and top bars);
+  // it is saved in extra.ds and restored when the file is opened
+  const frame = () => new Promise(r => requestAnimationFrame(() => r()));
+  app.graph.setDirtyCanvas(true, true);
+  await frame(); await frame();
+  let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
+  for (const node of graph.nodes) {
+    x0 = Math.min(x0, node.pos[0]); y0 = Math.min(y0, node.pos[1] - LiteGraph.NODE_TITLE_HEIGHT);
+    x1 = Math.max(x1, node.pos[0] + node.size[0]); y1 = Math.max(y1, node.pos[1] + node.size[1]);
+  }
+  const ds = app.canvas.ds;
+  const [cw, ch] = [ds.element.width / devicePixelRatio, ds.element.height / devicePixelRatio];
+  const [left, top] = spec.chrome;
+  const scale = 0.96 * Math.min((cw - left) / (x1 - x0), (ch - top) / (y1 - y0));
+  ds.scale = scale;
+  ds.offset[0] = (left + (cw - left) / 2) / scale - (x0 + x1) / 2;
+  ds.offset[1] = (top + (ch - top) / 2) / scale - (y0 + y1) / 2;
+  app.graph.setDirtyCanvas(true, true);
+  await frame();
+  const { workflow, output } = await app.graphToPrompt();
+  workflow.extra = { ...(workflow.extra || {}), ds: { scale: app.canvas.ds.scale, offset: [...app.canvas.ds.offset] } };
+  // JSON text: what a saved file holds (undefined fields dropped, as the frontend's own save does)
+  return JSON.stringify({ workflow, output });
+}
+"""

@@ -181,10 +181,9 @@ def build_checkpoint(layout: str, path: Path) -> Path:
     spec = LAYOUTS[layout]
     torch.manual_seed(spec["seed"])
     sd = {}
-    sd.update(_build_unet(layout))
-    sd.update(_build_clip(spec["clip"]))
-    sd.update(_build_taesd())
-    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
+    # Halve each part as soon as it is built: keeps the peak memory low for SDXL's 818M-parameter text encoders.
+    for build in (lambda: _build_unet(layout), lambda: _build_clip(spec["clip"]), _build_taesd):
+        sd.update({k: v.detach().to(torch.float16).contiguous() for k, v in build().items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file(sd, str(tmp), metadata={"pnp_test_layout": layout, "builder_version": str(BUILDER_VERSION)})

@@ -142,6 +142,17 @@ def test_parse_steps(V):
 
 # ---- the node on real banks (reduced SD1.5, CPU) ----
 
+def test_pca_node_is_registered_with_tooltips(host):
+    import nodes
+
+    assert nodes.NODE_DISPLAY_NAME_MAPPINGS["PnP_FeaturePCA"] == "PnP Feature PCA"
+    schema = nodes.NODE_CLASS_MAPPINGS["PnP_FeaturePCA"].GET_SCHEMA()
+    assert schema.category == "sampling/plug-and-play" and schema.description
+    for item in schema.inputs + schema.outputs:
+        assert item.tooltip, f"PnP_FeaturePCA.{item.id} has no tooltip"
+    assert [o.io_type for o in schema.outputs] == ["IMAGE", "IMAGE", "STRING"]
+
+
 def _pca_prompt(ckpt, image, view="resblock", layer="auto", steps="auto", with_model=True, extra=None):
     pca_inputs = {"features": ["6", 0], "view": view, "layer": layer, "steps": steps, "fit": "across steps",
                   "frame_width": 0, "upscale": "nearest", "columns": 0}
@@ -173,7 +184,7 @@ def _saved(host, result, node):
 
 @pytest.mark.parametrize("view,layer,steps,count", [
     ("resblock", "auto", "auto", 5),           # ResBlock 4 from the bank, steps 0,2,4,6,8
-    ("self-attention map", "9:0", "0,2,5", 3),  # 32x32 tokens at 128 px; steps 0-5 are in the bank
+    ("self-attention map", "9:0", "0,2,5", 3),  # 16x16 positions at 128 px; steps 0-5 are in the bank
     ("query", "auto", "every 3", 2),
     ("resblock", "7", "1,3", 2),               # not in the bank: recorded live with the MODEL
 ])

@@ -4,5 +4,6 @@ from __future__ import annotations
 from .features import PnPFeatureBank, PnPGenerateGuidance
 from .inversion import PnPDDIMInversion
 from .sampler import PnPSampler
+from .visualize import PnPFeaturePCA
 
-NODES = [PnPDDIMInversion, PnPFeatureBank, PnPGenerateGuidance, PnPSampler]
+NODES = [PnPDDIMInversion, PnPFeatureBank, PnPGenerateGuidance, PnPSampler, PnPFeaturePCA]

@@ -18,7 +18,7 @@ class PnPDDIMInversion(io.ComfyNode):
                 "Inverts the guidance image's latent with the official deterministic DDIM inversion "
                 "(eta 0, guidance 1) and keeps the latent at every sampling timestep."),
             inputs=[
-                io.Model.Input("model", tooltip="The SD 1.x/2.x model used by every PnP node of this graph."),
+                io.Model.Input("model", tooltip="The SD 1.x/2.x or SDXL model used by every PnP node of this graph."),
                 io.Latent.Input("latent", tooltip="The guidance image encoded with VAE Encode (one image)."),
                 io.Conditioning.Input("conditioning", tooltip=(
                     "Inversion prompt. The paper inverts with the empty prompt \"\".")),

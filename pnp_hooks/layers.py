@@ -108,3 +108,17 @@ def resolve_sites(resblock_spec: str, attention_spec: str, layout: UNetLayout) -
     if not resblocks and not attention:
         raise PnPInputError("Both resblock_layers and attention_layers are empty: name at least one layer to record.")
     return LayerSites(resblocks, attention)
+
+
+def parse_site(spec: str, attention: bool) -> tuple[int, int]:
+    """Exactly one site typed in a node: a block ``"4"``, or for attention ``"4"`` / ``"4:0"`` (block, transformer)."""
+    sites = _parse(spec, "layer", allow_transformer=attention)
+    if len(sites) != 1:
+        example = '"4:0"' if attention else '"4"'
+        raise PnPInputError(f"layer {spec!r} names {len(sites)} layers; name exactly one, e.g. {example}.")
+    return sites[0]
+
+
+def first_default_site(family: str, attention: bool) -> tuple[int, int]:
+    """The first site of the family's default ResBlock or attention spec, as (block, transformer)."""
+    return _parse(DEFAULTS[family][1 if attention else 0], "default layers", allow_transformer=True)[0]

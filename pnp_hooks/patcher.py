@@ -25,6 +25,7 @@ from functools import partial
 
 import torch
 
+import comfy.model_management
 import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.utils
@@ -35,7 +36,7 @@ from .layers import UNetLayout
 
 PATCH_KEY = "comfyui_pnp"
 
-SUPPORTED_FAMILIES = {"SD15": "SD 1.x", "SD20": "SD 2.x"}
+SUPPORTED_FAMILIES = {"SD15": "SD 1.x", "SD20": "SD 2.x", "SDXL": "SDXL"}
 _PREDICTIONS = {comfy.model_sampling.EPS: "eps", comfy.model_sampling.V_PREDICTION: "v"}
 # Base weights that identify a checkpoint (LoRAs rarely touch these).
 _FINGERPRINT_KEYS = ("diffusion_model.input_blocks.0.0.weight", "diffusion_model.out.2.weight",
@@ -63,7 +64,7 @@ def model_facts(model) -> ModelFacts:
     if family not in SUPPORTED_FAMILIES:
         raise PnPInputError(
             f"PnP supports {', '.join(SUPPORTED_FAMILIES.values())} checkpoints; the MODEL connected is "
-            f"{family}. Load an SD 1.x or SD 2.x checkpoint."
+            f"{family}. Load an SD 1.x, SD 2.x or SDXL (base) checkpoint."
         )
     sampling = model.get_model_object("model_sampling")
     bases = type(sampling).__bases__
@@ -178,3 +179,21 @@ def with_next_timestep_labels(model, next_label: dict[int, int]):
     clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, f"{PATCH_KEY}.inversion", relabel)
     return clone
 
+
+
+def attention_qk(model, site: tuple[int, int], n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """q and k of ``output_blocks[b][1].transformer_blocks[j].attn1`` for attn1 inputs ``n`` (..., tokens, C).
+
+    Runs the model's own ``to_q`` / ``to_k`` (LoRA patches included: the model
+    is loaded the way samplers load it) on its load device in its compute
+    dtype. Returns float32 q, k (..., tokens, heads*dim_head) on that device
+    and the head count.
+    """
+    block, index = site
+    comfy.model_management.load_models_gpu([model])
+    base = model.model
+    attn1 = base.diffusion_model.output_blocks[block][1].transformer_blocks[index].attn1
+    dtype = base.manual_cast_dtype if base.manual_cast_dtype is not None else base.get_dtype()
+    x = n.to(device=model.load_device, dtype=dtype)
+    with torch.no_grad():
+        return attn1.to_q(x).float(), attn1.to_k(x).float(), int(attn1.heads)

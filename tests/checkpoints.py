@@ -15,6 +15,14 @@ Layouts:
   projections, 64-channel heads) with the same reduction; the v variant draws
   ``output_blocks.11.1.transformer_blocks.0.norm1.bias`` wide, which is how
   ComfyUI tells v-prediction from eps.
+- ``sdxl_reduced``: SDXL base with channel_mult 1,1,1 (320 channels at every
+  level instead of 320/640/1280) and a middle block of depth 1 instead of 10
+  (254.5M parameters instead of 2567.5M). ComfyUI matches SDXL on
+  model_channels 320, linear projections, context 2048, a label_emb of 2816
+  inputs and the *encoder* depths [0,0,2,2,10,10] (kept); it reads
+  channel_mult, the middle depth and the decoder depths from the weights
+  without checking them. The decoder is SDXL's: 9 output blocks, transformer
+  stacks of depth 10 in blocks 0-2 and 2 in blocks 3-5, none in 6-8.
 
 The text encoder is full size (its config is fixed by ComfyUI); the VAE is
 TAESD (ComfyUI picks it up from its key names), which keeps files small.
@@ -60,7 +68,15 @@ LAYOUTS = {
                         num_heads=-1, num_head_channels=64, clip="sd2", v_prediction=False, seed=2001),
     "sd2v_reduced": dict(channel_mult=[1, 1, 1, 1], context_dim=1024, use_linear_in_transformer=True,
                          num_heads=-1, num_head_channels=64, clip="sd2", v_prediction=True, seed=2002),
+    "sdxl_reduced": dict(channel_mult=[1, 1, 1], context_dim=2048, use_linear_in_transformer=True,
+                         num_heads=-1, num_head_channels=64, clip="sdxl", v_prediction=False, seed=3001,
+                         unet=dict(num_res_blocks=[2, 2, 2], transformer_depth=[0, 0, 2, 2, 10, 10],
+                                   transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
+                                   transformer_depth_middle=1, adm_in_channels=2816, num_classes="sequential")),
 }
+
+# The real SDXL base UNet, for shapes only (bank sizes, parameter counts); never built with weights.
+SDXL_BASE_UNET = dict(channel_mult=[1, 2, 4], transformer_depth_middle=10)
 
 # What ComfyUI's loader must detect for each layout: (model config class, ModelType name).
 EXPECTED_DETECTION = {
@@ -69,6 +85,7 @@ EXPECTED_DETECTION = {
     "sd15_reduced_alt": ("SD15", "EPS"),
     "sd2_reduced": ("SD20", "EPS"),
     "sd2v_reduced": ("SD20", "V_PREDICTION"),
+    "sdxl_reduced": ("SDXL", "EPS"),
 }
 
 # Output-layer gain: keeps CFG drift bounded so latents stay of order 1 over 50 steps.
@@ -80,9 +97,15 @@ def unet_config(layout: str) -> dict:
     cfg = dict(UNET_BASE)
     for key in ("channel_mult", "context_dim", "use_linear_in_transformer", "num_heads", "num_head_channels"):
         cfg[key] = spec[key]
+    cfg.update(spec.get("unet", {}))
     if spec["clip"] == "sd2":
         cfg["attn_precision"] = torch.float32
     return cfg
+
+
+def sdxl_base_unet_config() -> dict:
+    """The full SDXL base UNet config (channel_mult 1,2,4; middle depth 10): for shapes only."""
+    return {**unet_config("sdxl_reduced"), **SDXL_BASE_UNET}
 
 
 def checkpoint_name(layout: str) -> str:
@@ -136,6 +159,14 @@ def _build_clip(kind: str) -> dict[str, torch.Tensor]:
         sd = {f"clip_h.{k}": v for k, v in clip.state_dict().items()}
         model_config = comfy.supported_models.SD20(unet_config("sd2_reduced"))
         return model_config.process_clip_state_dict_for_saving(sd)
+    if kind == "sdxl":
+        import comfy.supported_models
+        from comfy.sdxl_clip import SDXLClipModel
+
+        clip = SDXLClipModel(device="cpu", dtype=torch.float32)
+        _init_module_weights(clip)
+        model_config = comfy.supported_models.SDXL(unet_config("sdxl_reduced"))
+        return model_config.process_clip_state_dict_for_saving(clip.state_dict())
     raise ValueError(kind)
 
 
@@ -154,10 +185,9 @@ def build_checkpoint(layout: str, path: Path) -> Path:
     spec = LAYOUTS[layout]
     torch.manual_seed(spec["seed"])
     sd = {}
-    sd.update(_build_unet(layout))
-    sd.update(_build_clip(spec["clip"]))
-    sd.update(_build_taesd())
-    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
+    # Halve each part as soon as it is built: keeps the peak memory low for SDXL's 818M-parameter text encoders.
+    for build in (lambda: _build_unet(layout), lambda: _build_clip(spec["clip"]), _build_taesd):
+        sd.update({k: v.detach().to(torch.float16).contiguous() for k, v in build().items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file(sd, str(tmp), metadata={"pnp_test_layout": layout, "builder_version": str(BUILDER_VERSION)})

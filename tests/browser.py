@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import workflow_specs
 from find_comfyui import PACK_ROOT, find_comfyui
 
 CHROMIUM = "/usr/bin/chromium"
@@ -226,16 +227,20 @@ class Frontend:
 FAST_STEPS = 3
 FAST_SIZE = 64
 OUTPUT_NODE_TYPES = ("SaveImage", "PreviewImage")
+# The random checkpoint layout (tests/checkpoints.py) standing in for each checkpoint the workflows name.
+TEST_LAYOUTS = {workflow_specs.CHECKPOINT: "sd15_reduced", workflow_specs.SDXL_CHECKPOINT: "sdxl_reduced"}
 
 
 def fast_changes(api: dict) -> dict[int, dict[str, object]]:
-    """Widget edits that make a shipped workflow cheap: few steps, 64 px generated images."""
+    """Widget edits that make a shipped workflow cheap: few steps, 64 px generated, resized and PCA images."""
     changes: dict[int, dict[str, object]] = {}
     for node_id, node in api.items():
         if node["class_type"] in ("PnP_DDIMInversion", "PnP_GenerateGuidance"):
             changes[int(node_id)] = {"steps": FAST_STEPS}
-        if node["class_type"] == "EmptyLatentImage":
+        if node["class_type"] in ("EmptyLatentImage", "ImageScale"):
             changes[int(node_id)] = {"width": FAST_SIZE, "height": FAST_SIZE}
+        if node["class_type"] == "PnP_FeaturePCA":
+            changes[int(node_id)] = {"frame_width": FAST_SIZE}
     return changes
 
 
@@ -270,11 +275,13 @@ def exercise_workflow(frontend: Frontend, ui_path: Path, api_path: Path, screens
     images = frontend.wait_for_output_images(outputs)
     saved = {nid: out.get("images", []) for nid, out in history["outputs"].items()}
     assert all(saved.get(str(i)) for i in outputs), f"{ui_path.name}: an output node has no image: {saved}"
+    texts = {i: history["outputs"].get(i, {}).get("text") for i, n in api.items() if n["class_type"] == "PreviewAny"}
+    assert all(texts.values()), f"{ui_path.name}: a Preview Any node shows nothing: {texts}"
     dialogs = frontend.dialogs()
     assert not dialogs, f"{ui_path.name}: dialogs after the run: {dialogs}"
     if screenshot is not None:
         frontend.screenshot(screenshot)
-    return {"seconds": time.monotonic() - started, "images": images, "prompt_id": answer["prompt_id"]}
+    return {"seconds": time.monotonic() - started, "images": images, "texts": texts, "prompt_id": answer["prompt_id"]}
 
 
 def _widget_index(frontend: Frontend, node_id: int, names: dict[str, object]):
@@ -297,10 +304,12 @@ def small_inputs(folder: Path, size: int = FAST_SIZE) -> dict[str, Path]:
     return out
 
 
-def server_for_workflows(base: Path, checkpoint: Path, controlnet: Path) -> ComfyServer:
-    """A server whose model folders hold random models under the names the shipped workflows use."""
-    import workflow_specs
+def server_for_workflows(base: Path, checkpoints: dict[str, Path], controlnet: Path) -> ComfyServer:
+    """A server whose model folders hold random models under the names the shipped workflows use.
 
-    return ComfyServer(base, {"checkpoints": {workflow_specs.CHECKPOINT: checkpoint},
+    ``checkpoints``: the random checkpoint file for each layout of ``TEST_LAYOUTS``.
+    """
+    return ComfyServer(base, {"checkpoints": {name: checkpoints[layout] for name, layout in TEST_LAYOUTS.items()},
                               "controlnet": {workflow_specs.CONTROLNET: controlnet}},
                        small_inputs(base / "small-inputs"))
+

@@ -1,6 +1,7 @@
 """Regenerate workflows/*.json (UI format), workflows/api/*.json (API twins) and the .jpg thumbnails.
 
-Run from the repository root with the test environment: ``.venv/bin/python tests/build_workflows.py``.
+Run from the repository root with the test environment: ``.venv/bin/python tests/build_workflows.py [NAME ...]``
+(names such as ``pnp_sdxl`` rebuild only those workflows; none = all).
 It boots ComfyUI in-process only to build the random test models, then starts
 the real server and frontend, builds each spec of ``workflow_specs`` in the
 page, saves what the frontend serialises, re-opens the saved file through the
@@ -30,18 +31,24 @@ WORKFLOWS = guidance_image.WORKFLOWS
 CHROME = [65, 80]  # px of the frontend's side bar and top bars over the canvas
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
+    specs = [make() for make in workflow_specs.WORKFLOWS]
+    unknown = set(names) - {spec["name"] for spec in specs}
+    if unknown:
+        raise SystemExit(f"unknown workflow(s) {sorted(unknown)}; known: {[spec['name'] for spec in specs]}")
     work = Path(tempfile.mkdtemp(prefix="pnp-build-"))
     host = host_module.boot(work / "host", CACHE_DIR / "checkpoints")
-    ckpt = host.checkpoint_dir / checkpoints.ensure_checkpoint("sd15_reduced", host.checkpoint_dir)
+    ckpts = {layout: host.checkpoint_dir / checkpoints.ensure_checkpoint(layout, host.checkpoint_dir)
+             for layout in set(browser.TEST_LAYOUTS.values())}
     cn = host.models_dir / "controlnet" / extra_models.ensure(
         host.models_dir / "controlnet", extra_models.controlnet_name(), extra_models.build_controlnet)
     guidance_image.write()
     (WORKFLOWS / "api").mkdir(exist_ok=True)
-    with browser.server_for_workflows(work / "server", ckpt, cn) as server, browser.chromium() as chromium:
+    with browser.server_for_workflows(work / "server", ckpts, cn) as server, browser.chromium() as chromium:
         frontend = browser.Frontend(chromium, server)
-        for make in workflow_specs.WORKFLOWS:
-            spec = make()
+        for spec in specs:
+            if names and spec["name"] not in names:
+                continue
             spec["chrome"] = CHROME
             built = json.loads(frontend.page.evaluate(workflow_specs.BUILD_JS, spec))
             ui_path = WORKFLOWS / f"{spec['name']}.json"
@@ -53,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

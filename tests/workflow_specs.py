@@ -11,6 +11,10 @@ from __future__ import annotations
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 CHECKPOINT_URL = ("https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
                   "v1-5-pruned-emaonly.safetensors")
+SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+SDXL_CHECKPOINT_URL = ("https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
+                       "sd_xl_base_1.0.safetensors")
+SDXL_SIZE = 1024
 CONTROLNET = "control_v11p_sd15_canny_fp16.safetensors"
 CONTROLNET_URL = ("https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
                   "control_v11p_sd15_canny_fp16.safetensors")
@@ -49,9 +53,9 @@ def _note(id, pos, size, text):
             "title": "Notes", "color": "#432"}
 
 
-def _checkpoint(id=1, pos=(20, 60)):
-    return _node(id, "CheckpointLoaderSimple", list(pos), {"ckpt_name": CHECKPOINT}, size=[330, 100],
-                 models=[{"name": CHECKPOINT, "url": CHECKPOINT_URL, "directory": "checkpoints"}])
+def _checkpoint(id=1, pos=(20, 60), name=CHECKPOINT, url=CHECKPOINT_URL):
+    return _node(id, "CheckpointLoaderSimple", list(pos), {"ckpt_name": name}, size=[330, 100],
+                 models=[{"name": name, "url": url, "directory": "checkpoints"}])
 
 
 def _text(id, pos, title, text, size=(380, 150), color=None):
@@ -64,10 +68,10 @@ def _sampler(id, pos, widgets=None):
     return _node(id, "PnP_Sampler", list(pos), values, color=COLOR_PNP, size=[320, 420])
 
 
-def _real_image_core(target: str, save_prefix: str) -> tuple[list, list]:
+def _real_image_core(target: str, save_prefix: str, checkpoint: dict | None = None) -> tuple[list, list]:
     """Checkpoint, prompts, guidance image, inversion, bank, one sampler, decode, save (ids 1-11)."""
     nodes = [
-        _checkpoint(),
+        checkpoint or _checkpoint(),
         _text(2, (400, 40), "Source prompt (empty, as the paper)", "", size=(380, 110)),
         _text(3, (400, 190), "Target prompt", target, color=COLOR_INPUT),
         _text(4, (400, 380), "Negative prompt", NEGATIVE, size=(380, 110)),
@@ -221,7 +225,87 @@ def mask() -> dict:
     return {"name": "pnp_mask", "nodes": nodes, "links": links}
 
 
-WORKFLOWS = [real_image, generated_guidance, several_prompts, controlnet, mask]
+def _pca_views(views: list[tuple[str, str, str]]) -> tuple[list, list]:
+    """One row per (view, layer, title): PnP Feature PCA on the bank (8) and the model (1), its grid previewed
+    and its caption shown (ids 30+10*i .. 32+10*i)."""
+    nodes, links = [], []
+    for i, (view, layer, title) in enumerate(views):
+        base, row = 30 + 10 * i, 660 + 340 * i
+        nodes += [
+            _node(base, "PnP_FeaturePCA", [830, row], {"view": view, "layer": layer, "steps": "auto",
+                                                      "fit": "across steps", "frame_width": 256}, title=title,
+                  color=COLOR_PNP, size=[320, 290]),
+            _node(base + 1, "PreviewImage", [1200, row], title=f"{title}: steps left to right", size=[560, 290]),
+            _node(base + 2, "PreviewAny", [1800, row], title=f"{title}: caption", size=[420, 290]),
+        ]
+        links += [(8, 0, base, "features"), (1, 0, base, "model"),
+                  (base, 0, base + 1, "images"), (base, 2, base + 2, "source")]
+    return nodes, links
+
+
+_PCA_HOW_TO_READ = (
+    "### Reading the pictures\n"
+    "Each row is one layer's first three principal components as RGB, one picture per sampling step "
+    "(left = the first, noisiest step; `steps` auto = 5 steps over those the bank recorded), one colour basis "
+    "for the row (`fit` across steps). A good **ResBlock** layer shows the guidance image's parts as a few flat "
+    "colour regions, without its textures; a good **self-attention** layer shows regions that follow the "
+    "objects. How long the structure lasts along the row tells how many steps to inject: raise τ_f / τ_A if "
+    "the result keeps too little of the layout, lower them if it copies appearance. The caption beside each "
+    "row names the layer, its resolution and the steps shown.")
+
+
+def feature_pca() -> dict:
+    nodes, links = _real_image_core("a photo of a gingerbread house on a snowy hill, winter", "pnp/feature_pca")
+    views, view_links = _pca_views([("resblock", "auto", "ResBlock features (layer 4)"),
+                                    ("self-attention map", "auto", "Self-attention maps (layer 4)"),
+                                    ("self-attention map", "11", "Self-attention maps (layer 11)")])
+    nodes += views
+    links += view_links
+    nodes.append(_note(20, [20, 660], [760, 640],
+                       "## PnP with feature PCA: see what is injected\n"
+                       "The translation of `pnp_real_image`, with **PnP Feature PCA** showing three of the "
+                       "tensors the bank injects, as the paper did to choose its layers (Figs. 2-3): the "
+                       "ResBlock features of decoder block 4 (`layer` auto) and the self-attention maps of "
+                       "blocks 4 and 11 (the first and last of the attention layers). The views read the bank, "
+                       "so they cost no extra UNet pass; a layer the bank does not hold (e.g. ResBlock 7) is "
+                       "recorded live from the MODEL.\n\n" + _PCA_HOW_TO_READ + "\n\n" + _HOW_TO_INPUT))
+    return {"name": "pnp_feature_pca", "nodes": nodes, "links": links}
+
+
+def sdxl() -> dict:
+    checkpoint = _checkpoint(name=SDXL_CHECKPOINT, url=SDXL_CHECKPOINT_URL)
+    nodes, links = _real_image_core("a photo of a gingerbread house on a snowy hill, winter", "pnp/sdxl",
+                                    checkpoint)
+    nodes += [_node(12, "ImageScale", [20, 640], {"upscale_method": "lanczos", "width": SDXL_SIZE,
+                                                   "height": SDXL_SIZE, "crop": "center"},
+                    title="Guidance image size (SDXL: ~1024 px)", size=[330, 160], color=COLOR_INPUT)]
+    links = [link for link in links if link[2:] != (6, "pixels")]
+    links += [(5, 0, 12, "image"), (12, 0, 6, "pixels")]
+    views, view_links = _pca_views([("resblock", "auto", "ResBlock features (SDXL block 1)"),
+                                    ("self-attention map", "auto", "Self-attention maps (SDXL block 1:0)"),
+                                    ("self-attention map", "4:0", "Self-attention maps (SDXL block 4:0)")])
+    nodes += views
+    links += view_links
+    nodes.append(_note(20, [20, 850], [760, 450],
+                       "## PnP on SDXL\n"
+                       "The same translation on an SDXL base checkpoint, with **PnP Feature PCA** views of the "
+                       "layers PnP injects. On SDXL `auto` means ResBlock **1** and self-attention **1-5:0** "
+                       "(transformer 0 of decoder blocks 1-5): the paper's SD 1.5 layers (ResBlock 4, attention "
+                       "4-11) mapped by resolution, not tuned on images. Check them on your checkpoint with the "
+                       "views below; override them on PnP Feature Bank (`resblock_layers` `0,1`, "
+                       "`attention_layers` `1-5:0-1`, ...). The default bank of a 1024 px image takes ~620 MiB "
+                       "(fp16).\n\n" + _PCA_HOW_TO_READ + "\n\n"
+                       "**Guidance image**: `pnp_guidance.png` ships in this pack's `workflows/` folder: copy it "
+                       "to `ComfyUI/input/` (or upload your own photo). *Upscale Image* brings it to SDXL's "
+                       "1024x1024 (center crop); for another aspect pick a size of about one megapixel in "
+                       "multiples of 8 px (1152x896, 1216x832, ...).\n\n"
+                       "**Checkpoint**: an SDXL base checkpoint (default `sd_xl_base_1.0.safetensors`; not the "
+                       "refiner). Same knobs and paper defaults as SD 1.5: 50 steps, τ_f 0.8, τ_A 0.5, `cfg` "
+                       "7.5."))
+    return {"name": "pnp_sdxl", "nodes": nodes, "links": links}
+
+
+WORKFLOWS = [real_image, generated_guidance, several_prompts, controlnet, mask, feature_pca, sdxl]
 
 # Builds a spec in the page with the frontend's own LiteGraph classes and returns what it serialises.
 BUILD_JS = """

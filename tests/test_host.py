@@ -14,7 +14,7 @@ import checkpoints
 from find_comfyui import PACK_ROOT
 from host import PACK_NODE_IDS, run_prompt
 
-PUBLIC_NODE_IDS = ("PnP_DDIMInversion", "PnP_FeatureBank", "PnP_GenerateGuidance", "PnP_Sampler")
+PUBLIC_NODE_IDS = ("PnP_DDIMInversion", "PnP_FeatureBank", "PnP_GenerateGuidance", "PnP_Sampler", "PnP_FeaturePCA")
 
 
 def test_comfy_loader_registers_every_node_with_tooltips(host):

@@ -60,7 +60,8 @@ def test_workflow_carries_the_paper_defaults(name):
     by_type: dict[str, list[dict]] = {}
     for node in api.values():
         by_type.setdefault(node["class_type"], []).append(node["inputs"])
-    assert [n["ckpt_name"] for n in by_type["CheckpointLoaderSimple"]] == [workflow_specs.CHECKPOINT]
+    checkpoint = workflow_specs.SDXL_CHECKPOINT if name == "pnp_sdxl" else workflow_specs.CHECKPOINT
+    assert [n["ckpt_name"] for n in by_type["CheckpointLoaderSimple"]] == [checkpoint]
     for inv in by_type.get("PnP_DDIMInversion", []):
         assert (inv["steps"], inv["inversion_steps"]) == (50, 0)
     for gen in by_type.get("PnP_GenerateGuidance", []):
@@ -75,3 +76,25 @@ def test_workflow_carries_the_paper_defaults(name):
         assert (s["threshold_convention"], s["final_step"], s["injection_strength"]) == ("pnp-diffusers", "official", 1.0)
     titles = [n["_meta"]["title"] for n in api.values() if n["class_type"] == "CLIPTextEncode"]
     assert any(t.startswith("Target prompt") for t in titles), titles
+
+
+@pytest.mark.parametrize("name", ["pnp_feature_pca", "pnp_sdxl"])
+def test_pca_views_read_the_bank_and_show_grid_and_caption(name):
+    api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+    views = {i: n["inputs"] for i, n in api.items() if n["class_type"] == "PnP_FeaturePCA"}
+    assert len(views) == 3, name
+    for inputs in views.values():
+        assert api[inputs["features"][0]]["class_type"] == "PnP_FeatureBank"
+        assert api[inputs["model"][0]]["class_type"] == "CheckpointLoaderSimple"  # q/k of the self-attention views
+    shown = {(n["class_type"], tuple(n["inputs"].get("images") or n["inputs"]["source"])) for n in api.values()
+             if n["class_type"] in ("PreviewImage", "PreviewAny")}
+    assert shown == {(kind, (i, slot)) for i in views for kind, slot in (("PreviewImage", 0), ("PreviewAny", 2))}
+
+
+def test_sdxl_workflow_scales_the_guidance_image_to_sdxl_size():
+    api = json.loads((WORKFLOWS / "api" / "pnp_sdxl.json").read_text())
+    encode = next(n for n in api.values() if n["class_type"] == "VAEEncode")
+    scale = api[encode["inputs"]["pixels"][0]]
+    assert scale["class_type"] == "ImageScale"
+    assert (scale["inputs"]["width"], scale["inputs"]["height"]) == (workflow_specs.SDXL_SIZE,) * 2
+    assert api[scale["inputs"]["image"][0]]["class_type"] == "LoadImage"

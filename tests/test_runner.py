@@ -75,7 +75,7 @@ def test_wrong_inputs_are_refused_before_comfyui_starts(tmp_path, small_inputs):
     assert_clean_error(run_runner(workflow, "--mask", str(small_inputs[workflow_specs.GUIDANCE_MASK])), 2,
                        "no LoadImageMask node")
     assert_clean_error(run_runner(workflow, "--size", "500x512"), 2, "multiples of 8")
-    assert_clean_error(run_runner(workflow, "--size", "512x512"), 2, "no EmptyLatentImage node")
+    assert_clean_error(run_runner(workflow, "--size", "512x512"), 2, "no EmptyLatentImage / ImageScale node")
 
 
 def test_missing_checkpoint(base_dir, small_inputs):
@@ -112,3 +112,28 @@ def test_run_mask_workflow_headless(host, models, base_dir, small_inputs, tmp_pa
         assert out.size == (browser.FAST_SIZE, browser.FAST_SIZE)
         assert json.loads(out.info["prompt"])["3"]["inputs"]["text"] == "a castle made of ice"
     assert (base_dir / "input" / "photo.png").is_file() and (base_dir / "input" / "subject.png").is_file()
+
+
+def test_run_sdxl_workflow_headless(host, models, base_dir):
+    """pnp_sdxl on the random SDXL checkpoint under the workflow's name; the shipped 512 px guidance image."""
+    checkpoints_dir = base_dir / "models" / "checkpoints"
+    checkpoints_dir.mkdir(parents=True)
+    (checkpoints_dir / workflow_specs.SDXL_CHECKPOINT).symlink_to(
+        host.checkpoint_dir / models.checkpoint("sdxl_reduced"))
+    size = browser.FAST_SIZE
+    proc = run_runner(str(PACK_ROOT / "workflows" / "pnp_sdxl.json"),
+                      "--image", str(PACK_ROOT / "workflows" / workflow_specs.GUIDANCE_IMAGE),
+                      "--size", f"{size}x{size}", "--steps", "3", "--", "--cpu", "--base-directory", str(base_dir))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    saved = [Path(line) for line in proc.stdout.strip().splitlines()]
+    assert len(saved) == 1 and saved[0].parent == base_dir / "output" / "pnp"
+    with Image.open(saved[0]) as out:
+        assert out.size == (size, size)  # --size went to Upscale Image: the 512 px image was scaled down
+        scale = next(n for n in json.loads(out.info["prompt"]).values() if n["class_type"] == "ImageScale")
+        assert (scale["inputs"]["width"], scale["inputs"]["height"]) == (size, size)
+    # the PnP Feature PCA previews and captions are reported on stderr
+    previews = [Path(line[len("preview: "):].rsplit("  [", 1)[0]) for line in proc.stderr.splitlines()
+                if line.startswith("preview: ")]
+    assert len(previews) == 3 and all(p.is_file() and p.parent == base_dir / "temp" for p in previews), previews
+    captions = [line for line in proc.stderr.splitlines() if ": caption: " in line]
+    assert len(captions) == 3 and all(line.endswith("; feature bank") for line in captions), captions

@@ -4,20 +4,23 @@
         --prompt "a photo of a bronze statue" [--ckpt NAME] [--steps N] [-- COMFYUI ARGS]
 
 Takes an API-format workflow (``workflows/api/*.json``; given a UI-format file
-from ``workflows/`` it uses the API twin beside it), fills in the inputs given
-on the command line, boots ComfyUI in this process the way its ``main.py``
-does (same arguments after ``--``, same model folders, custom nodes and output
-directory), runs the graph with ComfyUI's own executor and a progress bar, and
-prints where the images were saved (ComfyUI's output directory).
+from ``workflows/`` it uses its API twin in ``workflows/api/``), fills in the
+inputs given on the command line, boots ComfyUI in this process the way its
+``main.py`` does (same arguments after ``--``, same model folders, custom nodes
+and output directory), runs the graph with ComfyUI's own executor and a
+progress bar, and prints where the images were saved (ComfyUI's output
+directory, on stdout) and the previews (Preview Image files in ComfyUI's temp
+directory, Preview Any texts such as PnP Feature PCA captions, on stderr).
 
 Which nodes the options fill: ``--image`` every Load Image, ``--mask`` every
 Load Image (as Mask), ``--prompt`` (repeatable) the CLIP Text Encode nodes
 titled "Target prompt..." in title order, ``--ckpt`` every Load Checkpoint,
 ``--steps`` PnP DDIM Inversion / PnP Generate Guidance, ``--seed`` PnP Generate
-Guidance, ``--size`` Empty Latent Image. ComfyUI is found at ``--comfyui``,
-``$COMFYUI_PATH``, the ComfyUI whose ``custom_nodes/`` holds this pack,
-``~/comfy/ComfyUI`` or ``~/ComfyUI``. Exit status: 0 done, 1 the run failed,
-2 bad input (nothing is run).
+Guidance, ``--size`` Empty Latent Image and Upscale Image (the size a loaded
+guidance image is scaled to, e.g. 1024x1024 for SDXL). ComfyUI is found at
+``--comfyui``, ``$COMFYUI_PATH``, the ComfyUI whose ``custom_nodes/`` holds
+this pack, ``~/comfy/ComfyUI`` or ``~/ComfyUI``. Exit status: 0 done, 1 the
+run failed, 2 bad input (nothing is run).
 """
 from __future__ import annotations
 
@@ -61,7 +64,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--ckpt", help="checkpoint file name in ComfyUI's models/checkpoints")
     parser.add_argument("--steps", type=int, help="sampling steps (paper: 50)")
     parser.add_argument("--seed", type=int, help="seed of a generated guidance image")
-    parser.add_argument("--size", help="WIDTHxHEIGHT of a generated guidance image, e.g. 512x512")
+    parser.add_argument("--size", help="WIDTHxHEIGHT of a generated guidance image (Empty Latent Image) or of the "
+                                       "scaled guidance image (Upscale Image), e.g. 512x512")
     parser.add_argument("--comfyui", type=Path, help="ComfyUI folder (default: see the module docstring)")
     parser.add_argument("--traceback", action="store_true", help="show Python tracebacks of unexpected errors")
     return parser.parse_args(argv), comfy_args
@@ -144,7 +148,7 @@ def apply_options(prompt: dict, args: argparse.Namespace, image_name: str | None
             raise UserError(f"--size {args.size!r}: write WIDTHxHEIGHT, e.g. 512x512.") from None
         if width % 8 or height % 8 or width < 64 or height < 64:
             raise UserError(f"--size {args.size}: width and height must be multiples of 8, at least 64.")
-        fill(("EmptyLatentImage",), {"width": width, "height": height}, "--size")
+        fill(("EmptyLatentImage", "ImageScale"), {"width": width, "height": height}, "--size")
     if args.prompt:
         targets = sorted((n for n in nodes_of(prompt, "CLIPTextEncode")
                           if n.get("_meta", {}).get("title", "").startswith("Target prompt")),
@@ -323,10 +327,16 @@ def run(prompt: dict) -> list[Path]:
         raise RunFailed(f"node {error.get('node_id')} ({error.get('node_type')}) failed: "
                         f"{error.get('exception_message', 'see the log above').strip()}")
     saved = []
-    for output in executor.history_result["outputs"].values():
+    for node_id, output in executor.history_result["outputs"].items():
         for image in output.get("images", []):
+            folder = Path(folder_paths.get_directory_by_type(image.get("type")) or folder_paths.get_output_directory())
+            path = folder / image.get("subfolder", "") / image["filename"]
             if image.get("type") == "output":
-                saved.append(Path(folder_paths.get_output_directory()) / image.get("subfolder", "") / image["filename"])
+                saved.append(path)
+            else:  # Preview Image (e.g. PnP Feature PCA grids): ComfyUI's temp folder
+                print(f"preview: {path}  [{server.title(node_id)}]", file=sys.stderr)
+        for text in output.get("text", []):  # Preview Any (e.g. PnP Feature PCA captions)
+            print(f"{server.title(node_id)}: {text}", file=sys.stderr)
     return saved
 
 

@@ -312,4 +312,3 @@ def server_for_workflows(base: Path, checkpoints: dict[str, Path], controlnet: P
     return ComfyServer(base, {"checkpoints": {name: checkpoints[layout] for name, layout in TEST_LAYOUTS.items()},
                               "controlnet": {workflow_specs.CONTROLNET: controlnet}},
                        small_inputs(base / "small-inputs"))
-

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from .features import PnPFeatureBank, PnPGenerateGuidance
+from .files import PnPLoadFeatures, PnPSaveFeatures
 from .inversion import PnPDDIMInversion
 from .sampler import PnPSampler
 
-NODES = [PnPDDIMInversion, PnPFeatureBank, PnPGenerateGuidance, PnPSampler]
+NODES = [PnPDDIMInversion, PnPFeatureBank, PnPGenerateGuidance, PnPSampler, PnPSaveFeatures, PnPLoadFeatures]

@@ -134,11 +134,41 @@ class _SourcePassGuider(comfy.samplers.CFGGuider):
         return latent_image
 
 
+# Conditioning keys that change how ComfyUI runs a cond; the on-the-fly source row cannot honour them.
+_UNSUPPORTED_LIVE_SOURCE_KEYS = ("area", "mask", "strength", "start_percent", "end_percent", "control", "gligen",
+                                 "hooks", "default")
+
+
+def check_live_source_conditioning(conditioning) -> None:
+    """The on-the-fly source row is one plain prompt: refuse what only a separate pass could honour."""
+    if not conditioning or len(conditioning) != 1:
+        raise PnPInputError(
+            f"The on-the-fly mode needs exactly one source prompt (one CLIP Text Encode), got a conditioning with "
+            f"{len(conditioning or [])} entries. Connect a single prompt or set mode to 'stored'."
+        )
+    extra = sorted(k for k in conditioning[0][1] if k in _UNSUPPORTED_LIVE_SOURCE_KEYS)
+    if extra:
+        raise PnPInputError(
+            f"The on-the-fly mode runs the source prompt as a plain extra row of the target's batch; its "
+            f"conditioning carries {extra} (area, mask, timestep range, ControlNet, ...), which needs a separate "
+            f"pass. Connect the plain CLIP Text Encode output or set mode to 'stored'."
+        )
+
+
 def record_bank(model, trajectory: Trajectory, conditioning, sites: LayerSites, feature_steps: int,
-                attention_steps: int, storage_dtype: torch.dtype, batch_size: int) -> FeatureBank:
-    """Record the bank from ``UNet(z_t_inverted, t, conditioning)`` (pnp-diffusers' source pass)."""
+                attention_steps: int, storage_dtype: torch.dtype, batch_size: int,
+                on_the_fly: bool = False) -> FeatureBank:
+    """Record the bank from ``UNet(z_t_inverted, t, conditioning)`` (pnp-diffusers' source pass).
+
+    ``on_the_fly``: record nothing; the bank keeps the trajectory and the source
+    conditioning, and PnP sampling runs the source pass in its own batch.
+    """
     facts = patcher.model_facts(model)
     check_model(trajectory.model, facts.identity, "inversion")
+    if on_the_fly:
+        check_live_source_conditioning(conditioning)
+        return FeatureBank(trajectory, sites, SOURCE_SINGLE, trajectory.steps, trajectory.steps, {}, {},
+                           storage_dtype, on_the_fly=True, source_conditioning=conditioning)
     recorded_steps = max(feature_steps, attention_steps)
     recorder = Recorder(trajectory.timesteps, sites, feature_steps, attention_steps,
                         comfy.model_management.intermediate_device(), storage_dtype)
@@ -203,21 +233,49 @@ class PnPGuider(comfy.samplers.CFGGuider):
     Negative prompting: ``e_tilde = a_i * e(uncond) + (1 - a_i) * e(negative)``,
     then ``e = e_tilde + w * (e(cond) - e_tilde)``. The blend weights sum to one,
     so doing it on ComfyUI's denoised outputs is the same as on eps.
+
+    On the fly (``live``, an injector whose bank stores nothing): the source
+    prompt is a ``pnp_source`` cond, processed by ComfyUI with the others; at
+    each injecting step the guider hands the UNet calls the source row (the
+    trajectory latent at this step and that cond) in ``transformer_options``,
+    and ``patcher`` puts it in front of the target rows.
     """
 
-    def __init__(self, model_patcher, sigmas: torch.Tensor, negative_alphas: list[float] | None):
+    def __init__(self, model_patcher, sigmas: torch.Tensor, negative_alphas: list[float] | None,
+                 live: Injector | None = None):
         super().__init__(model_patcher)
         self.step_sigmas = sigmas
         self.negative_alphas = negative_alphas
+        self.live = live
+
+    def _step(self, timestep) -> int:
+        return int(torch.argmin((self.step_sigmas - float(timestep.flatten()[0])).abs()))
+
+    def _with_source_rows(self, x, timestep, model_options: dict) -> dict:
+        """``model_options`` plus this step's live source row when the step injects (else unchanged)."""
+        if self.live is None:
+            return model_options
+        step = self._step(timestep)
+        if not self.live.injects_at(step):
+            return model_options
+        latent = self.live.bank.trajectory.latents[step:step + 1]
+        # As the stored mode's source pass: LATENT -> sampling space, then to the device.
+        source_x = self.inner_model.process_latent_in(latent).to(x.device)
+        source = comfy.samplers.get_area_and_mult(self.conds["pnp_source"][0], source_x, timestep[:1])
+        rows = patcher.SourceRows(source_x, source.conditioning, source.uuid)
+        options = dict(model_options.get("transformer_options", {}))
+        options[patcher.SOURCE_KEY] = rows
+        return {**model_options, "transformer_options": options}
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
+        model_options = self._with_source_rows(x, timestep, model_options)
         negative_prompt = self.conds.get("pnp_negative")
         if negative_prompt is None:
             return super().predict_noise(x, timestep, model_options, seed)
         positive, uncond = self.conds.get("positive"), self.conds.get("negative")
         cond_out, uncond_out, negative_out = comfy.samplers.calc_cond_batch(
             self.inner_model, [positive, uncond, negative_prompt], x, timestep, model_options)
-        step = int(torch.argmin((self.step_sigmas - float(timestep.flatten()[0])).abs()))
+        step = self._step(timestep)
         alpha = self.negative_alphas[step]
         uncond_tilde = alpha * uncond_out + (1.0 - alpha) * negative_out
         return comfy.samplers.cfg_function(self.inner_model, cond_out, uncond_tilde, self.cfg, x, timestep,
@@ -232,15 +290,18 @@ def translate(model, positive, negative, bank: FeatureBank, cfg: float, plan: In
         raise PnPInputError(f"final_step must be one of {FINAL_STEPS}, got {final_step!r}.")
     facts = patcher.model_facts(model)
     check_model(bank.trajectory.model, facts.identity, "feature bank")
-    clone = patcher.with_pnp_sites(model, Injector(bank, plan, strength, mask))
+    injector = Injector(bank, plan, strength, mask)
+    clone = patcher.with_pnp_sites(model, injector)
     timesteps = list(bank.trajectory.timesteps)
     step_sigmas = facts.sigmas_at(timesteps)
     final_sigma = facts.sigma(0) if final_step == "official" else 0.0
     sigmas = torch.cat([step_sigmas, torch.tensor([final_sigma])])
-    guider = PnPGuider(clone, step_sigmas, negative_alphas)
+    guider = PnPGuider(clone, step_sigmas, negative_alphas, live=injector if injector.live else None)
     conds = {"positive": positive, "negative": negative}
     if paper_negative is not None:
         conds["pnp_negative"] = paper_negative
+    if injector.live:
+        conds["pnp_source"] = bank.source_conditioning
     guider.inner_set_conds(conds)
     guider.set_cfg(cfg)
     x_T = bank.trajectory.x_T()

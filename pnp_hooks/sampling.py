@@ -11,6 +11,7 @@ is then exactly an Euler step x' = x + (sigma' - sigma) * eps.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -31,6 +32,8 @@ from .layers import LayerSites
 from .schedule import InjectionPlan, ddim_timesteps, inversion_timesteps
 
 FINAL_STEPS = ("official", "comfyui")
+
+log = logging.getLogger("comfyui_pnp")
 
 
 def check_source_latent(samples: torch.Tensor, facts: patcher.ModelFacts, what: str) -> None:
@@ -105,11 +108,18 @@ def invert(model, samples: torch.Tensor, conditioning, steps: int, inversion_ste
     return Trajectory(facts.identity, tuple(sampling_ts), latents, len(inversion_ts), "inverted")
 
 
+# Largest automatic batch of source timesteps per UNet call (batch_size 0).
+AUTO_BATCH_MAX = 8
+
+
 class _SourcePassGuider(comfy.samplers.CFGGuider):
     """Runs the source pass UNet(z_t, t, cond) for many timesteps, ``batch_size`` rows a call.
 
     Rows are independent given the trajectory, so each call batches several
     timesteps; the recorder keeps each row's tensors under its own step.
+    ``batch_size`` 0 picks the largest batch (up to ``AUTO_BATCH_MAX``) that
+    ComfyUI's memory estimate for this model fits in the free memory, with
+    the margin ComfyUI's own cond batching uses.
     """
 
     def __init__(self, model_patcher, latents: torch.Tensor, sigmas: torch.Tensor, batch_size: int):
@@ -117,19 +127,32 @@ class _SourcePassGuider(comfy.samplers.CFGGuider):
         self.source_latents = latents
         self.source_sigmas = sigmas
         self.batch_size = batch_size
+        self.used_batch_size = None
+
+    def _batch_size(self, device) -> int:
+        total = len(self.source_sigmas)
+        if self.batch_size:
+            return min(self.batch_size, total)
+        free = comfy.model_management.get_free_memory(device)
+        shape = list(self.source_latents.shape[1:])
+        for rows in range(min(AUTO_BATCH_MAX, total), 1, -1):
+            if self.inner_model.memory_required([rows] + shape) * 1.5 < free:
+                return rows
+        return 1
 
     def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
         self.conds = comfy.samplers.process_conds(self.inner_model, noise, self.conds, device, None, None, seed)
         model_options = comfy.model_patcher.create_model_options_clone(self.model_options)
         total = len(self.source_sigmas)
-        for start in range(0, total, self.batch_size):
+        batch = self.used_batch_size = self._batch_size(device)
+        for start in range(0, total, batch):
             comfy.model_management.throw_exception_if_processing_interrupted()
-            rows = slice(start, start + self.batch_size)
+            rows = slice(start, start + batch)
             x = self.inner_model.process_latent_in(self.source_latents[rows]).to(device)
             sigma = self.source_sigmas[rows].to(device)
             denoised = self(x, sigma, model_options=model_options, seed=seed)
             if callback is not None:
-                done = min(start + self.batch_size, total)
+                done = min(start + batch, total)
                 callback(done - 1, denoised[-1:], x[-1:], total)
         return latent_image
 
@@ -160,6 +183,7 @@ def record_bank(model, trajectory: Trajectory, conditioning, sites: LayerSites, 
                 on_the_fly: bool = False) -> FeatureBank:
     """Record the bank from ``UNet(z_t_inverted, t, conditioning)`` (pnp-diffusers' source pass).
 
+    ``batch_size``: timesteps per UNet call, 0 = automatic (see ``_SourcePassGuider``).
     ``on_the_fly``: record nothing; the bank keeps the trajectory and the source
     conditioning, and PnP sampling runs the source pass in its own batch.
     """
@@ -175,13 +199,13 @@ def record_bank(model, trajectory: Trajectory, conditioning, sites: LayerSites, 
     if recorded_steps:
         clone = patcher.with_pnp_sites(model, recorder)
         sigmas = facts.sigmas_at(list(trajectory.timesteps[:recorded_steps]))
-        batch = max(1, min(batch_size, recorded_steps))
-        guider = _SourcePassGuider(clone, trajectory.latents[:recorded_steps], sigmas, batch)
+        guider = _SourcePassGuider(clone, trajectory.latents[:recorded_steps], sigmas, max(0, batch_size))
         guider.set_conds(conditioning, [])
         guider.set_cfg(1.0)
-        shape = (batch,) + trajectory.latent_shape
+        shape = (1,) + trajectory.latent_shape
         guider.sample(torch.zeros(shape), torch.zeros(shape), None, sigmas,
                       callback=_progress(clone, recorded_steps), disable_pbar=_disable_pbar(), seed=0)
+        log.debug("PnP source pass: %d timesteps, %d per UNet call", recorded_steps, guider.used_batch_size)
     resblock, attention = recorder.build()
     return FeatureBank(trajectory, sites, SOURCE_SINGLE, feature_steps, attention_steps, resblock, attention,
                        storage_dtype, source_conditioning=conditioning)

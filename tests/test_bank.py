@@ -162,6 +162,41 @@ def test_on_the_fly_matches_stored_with_negative_prompt_and_partial_strength(set
     assert diff <= 1e-4 * outs[0].abs().max().item(), diff
 
 
+def _random_controlnet(layout: str):
+    """A seeded random ControlNet for ``layout``, loaded by ComfyUI's own ControlNet loader."""
+    import checkpoints
+    import comfy.controlnet
+    import comfy.ops
+    from comfy.cldm.cldm import ControlNet
+
+    torch.manual_seed(5)
+    net = ControlNet(hint_channels=3, operations=comfy.ops.disable_weight_init, **checkpoints.unet_config(layout))
+    checkpoints._init_module_weights(net)
+    with torch.no_grad():
+        for zero_conv in list(net.zero_convs) + [net.middle_block_out]:
+            zero_conv[0].weight.mul_(0.3)  # random instead of zero, so the control changes the result
+    return comfy.controlnet.load_controlnet_state_dict({k: v.half() for k, v in net.state_dict().items()})
+
+
+def test_on_the_fly_matches_stored_under_controlnet(setup):
+    """The target rows get the ControlNet residuals, the source row zeros: as when the bank was recorded."""
+    import nodes
+
+    hint = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3))
+    positive, negative = nodes.ControlNetApplyAdvanced().apply_controlnet(
+        setup.positive, setup.negative, _random_controlnet(LAYOUT), hint, 1.0, 0.0, 1.0)[:2]
+    stored, live = setup.bank(dtype="fp32"), setup.bank(mode="on the fly")
+    outs = []
+    for bank in (stored, live):
+        with torch.inference_mode():
+            outs.append(_out(setup.nodes["PnP_Sampler"].execute(
+                setup.model, positive, negative, bank, 7.5, 0.8, 0.5, 0, "pnp-diffusers", "official"))["samples"])
+    uncontrolled = setup.sample(stored)
+    scale = outs[0].abs().max().item()
+    assert (outs[0] - uncontrolled).abs().max().item() > 0.1 * scale  # the control does act
+    assert (outs[0] - outs[1]).abs().max().item() <= 1e-4 * scale
+
+
 def test_on_the_fly_equals_stored_up_to_rounding_in_fp64(setup, host, models):
     """In float64 the batch-rounding difference vanishes: the mechanism itself is exact."""
     import nodes
@@ -207,9 +242,15 @@ def test_recording_in_batches_gives_the_same_bank(setup):
     rows, hook = _count_unet_rows(setup.model)
     try:
         setup.bank(dtype="fp32", model=setup.model, batch_size=4)
+        calls_of_4 = list(rows)
+        rows.clear()
+        automatic = setup.bank(dtype="fp32", model=setup.model, batch_size=0)
     finally:
         hook.remove()
-    assert rows == [4, 4, 1]
+    assert calls_of_4 == [4, 4, 1]
+    assert rows == [8, 1]  # auto: up to 8 timesteps a call while ComfyUI's memory estimate fits (CPU RAM here)
+    assert all(torch.equal(automatic.attention[k], setup.bank(dtype="fp32", batch_size=8).attention[k])
+               for k in automatic.attention)
     worst = 0.0
     for key in one.resblock:
         assert one.resblock[key].shape == batched.resblock[key].shape

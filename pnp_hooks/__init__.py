@@ -1,6 +1,7 @@
 """Plug-and-Play diffusion features: maths and ComfyUI model patching.
 
 Pure-torch modules (no ComfyUI imports): ``schedule``, ``layers``, ``bank``,
-``injection``. ``patcher`` is the only module that touches ComfyUI's
-ModelPatcher; ``sampling`` runs ComfyUI's samplers with the patched clone.
+``injection``, ``bank_file`` (banks as safetensors files). ``patcher`` is the
+only module that touches ComfyUI's ModelPatcher; ``sampling`` runs ComfyUI's
+samplers with the patched clone.
 """

@@ -222,17 +222,21 @@ class Bench:
             inversion = self.invert()
             self.stored, self.live = self.bank(inversion, "stored", 1), self.bank(inversion, "on the fly")
 
-    def repeat(self, first: bool, batch_size: int = 0):
-        """One of each phase; the samplers run right after the KSampler they are compared with."""
-        self.run("KSampler", self.ksampler)
+    def repeat(self, index: int, batch_size: int = 0):
+        """One of each phase; the samplers run next to the KSampler they are compared with, before it in odd
+        repeats and after it in even ones (so an order effect cancels in the median)."""
         stored, live = self.stored, self.live
+        if index % 2 == 0:
+            self.run("KSampler", self.ksampler)
         self.run("PnP Sampler (stored bank)", lambda: self.sample(stored))
         self.run("PnP Sampler (on the fly)", lambda: self.sample(live))
+        if index % 2 == 1:
+            self.run("KSampler", self.ksampler)
         inversion = self.run("PnP DDIM Inversion", self.invert)
         self.stored = self.run("PnP Feature Bank (stored, batch 1)", lambda: self.bank(inversion, "stored", 1))
         self.run(BATCHED, lambda: self.bank(inversion, "stored", batch_size))
         self.live = self.run("PnP Feature Bank (on the fly)", lambda: self.bank(inversion, "on the fly"))
-        if first:
+        if index == 0:
             self.run("PnP Sampler (stored bank), 2nd prompt", lambda: self.sample(stored, 1))
             self.run("PnP Sampler (on the fly), 2nd prompt", lambda: self.sample(live, 1))
 
@@ -251,12 +255,13 @@ class Bench:
                 "table": table, "feature_steps": bank.feature_steps, "attention_steps": bank.attention_steps}
 
 
-def run_spec(text: str) -> tuple[str, int]:
-    layout, _, size = text.partition(":")
-    if layout not in checkpoints.LAYOUTS or not size.isdigit() or int(size) % 8:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected layout:size with a layout of {list(checkpoints.LAYOUTS)} "
-                                         f"and a size in px divisible by 8")
-    return layout, int(size)
+def run_spec(text: str) -> tuple[str, int, int | None]:
+    layout, size, repeats = (text.split(":") + [None, None])[:3]
+    if (layout not in checkpoints.LAYOUTS or not (size or "").isdigit() or int(size) % 8
+            or (repeats is not None and not repeats.isdigit())):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected layout:size[:repeats] with a layout of "
+                                         f"{list(checkpoints.LAYOUTS)} and a size in px divisible by 8")
+    return layout, int(size), int(repeats) if repeats else None
 
 
 def fmt_s(x: float) -> str:
@@ -269,14 +274,14 @@ def ratio(a: float, b: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", nargs="+", type=run_spec, default=[("sd15_reduced", 64), ("sd15_reduced", 128),
-                                                                      ("sd15", 64)],
-                        help="checkpoint layout:image size in px, e.g. sd15_reduced:64 sd15:64")
+    parser.add_argument("--runs", nargs="+", type=run_spec,
+                        default=[("sd15_reduced", 64, 5), ("sd15_reduced", 128, 5), ("sd15", 64, 3)],
+                        help="layout:size[:repeats] (checkpoint layout, image size in px, repeats; default --repeats)")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of a run that does not give its own")
     parser.add_argument("--batch-size", type=int, default=0,
                         help="batch_size of the batched bank recording timed beside batch 1 (0 = the node's auto)")
-    parser.add_argument("--official-inversion", nargs="*", type=run_spec, default=[("sd15_reduced", 64)],
+    parser.add_argument("--official-inversion", nargs="*", type=run_spec, default=[("sd15_reduced", 64, None)],
                         help="runs (layout:size) on which the official 999-step inversion is also run once")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
@@ -295,14 +300,16 @@ def main() -> None:
     monitor = RSSMonitor().start()
     results = {}
     started = time.time()
-    for layout, size in args.runs:
+    official = {(layout, size) for layout, size, _ in args.official_inversion}
+    for layout, size, repeats in args.runs:
+        repeats = repeats or args.repeats
         label = f"{layout} {size}px"
         bench = Bench(host, layout, size, args.steps, monitor, work)
         bench.warm_up()
-        for r in range(args.repeats):
-            bench.repeat(first=r == 0, batch_size=args.batch_size)
-            print(f"[{time.time() - started:7.1f} s] {label}: repeat {r + 1}/{args.repeats} done", flush=True)
-        if (layout, size) in args.official_inversion:
+        for r in range(repeats):
+            bench.repeat(r, batch_size=args.batch_size)
+            print(f"[{time.time() - started:7.1f} s] {label}: repeat {r + 1}/{repeats} done", flush=True)
+        if (layout, size) in official:
             bench.run(f"Official inversion ({OFFICIAL_INVERSION_STEPS} steps)",
                       lambda: bench.invert(OFFICIAL_INVERSION_STEPS))
             print(f"[{time.time() - started:7.1f} s] {label}: official inversion done", flush=True)
@@ -324,6 +331,7 @@ def main() -> None:
 
 def render(args, command: str, results: dict, peak_rss: int, comfy_version: str, elapsed: float) -> str:
     n = args.steps
+    repeats_text = ", ".join(f"{label} {len(ph['KSampler'].times)}" for label, (ph, _) in results.items())
     fs, as_ = int(n * TAU_F) + 1, int(n * TAU_A) + 1  # what the bank records at the defaults (either convention)
     lines = [
         "# Benchmark results",
@@ -341,8 +349,9 @@ def render(args, command: str, results: dict, peak_rss: int, comfy_version: str,
         f"- runs (random-weight checkpoint, square image size): {', '.join(results)} (tests/checkpoints.py: "
         f"sd15 = the full SD1.5 UNet, sd15_reduced = channel_mult 1,1,1,1); {n} steps, cfg {CFG}, tau_f {TAU_F}, "
         f"tau_A {TAU_A}; bank fp16; "
-        f"{args.repeats} repeats, each running KSampler, the two PnP Samplers, inversion and banks in that order; "
-        f"the 2nd-prompt samplers run in the first repeat only",
+        f"repeats per run: {repeats_text}; each repeat runs KSampler and the two PnP Samplers back to back "
+        f"(KSampler first in even repeats, last in odd ones), "
+        f"then the inversion and the banks; the 2nd-prompt samplers run in the first repeat only",
         "",
         "## UNet batch elements per translation (counted)",
         "",
@@ -540,7 +549,7 @@ NOTES = """
   the min over repeats is reported to damp their load; the median shows how noisy it was, and the CPU seconds
   are the steadier measure.
 - Batched recording gives the same bank up to fp32 GEMM rounding (tests/test_bank.py); PnP Feature Bank's
-  batch_size defaults to 0 = auto (up to 8 timesteps a call while ComfyUI's memory estimate fits).
+  batch_size defaults to 0 = auto (up to 16 timesteps a call while ComfyUI's memory estimate fits).
 - The full SD1.5 UNet at 512x512 is too heavy for 2 cores, so no bank at that size was recorded here: bank
   bytes were measured at the runs' sizes, checked against the formula, and the formula extrapolated. The SDXL
   figure is extrapolated from the SDXL decoder layout (no SDXL checkpoint was run).

@@ -31,7 +31,7 @@ class PnPFeatureBank(io.ComfyNode):
                 *layer_inputs(),
                 io.Int.Input("batch_size", default=0, min=0, max=64, tooltip=(
                     "Timesteps evaluated per UNet call while recording; the bank is the same for any value. "
-                    "0 = auto: as many as ComfyUI's memory estimate allows, up to 8.")),
+                    "0 = auto: as many as ComfyUI's memory estimate allows, up to 16.")),
                 io.Combo.Input("mode", options=list(BANK_MODES), default=BANK_MODES[0], tooltip=(
                     "stored: record the source tensors now (fp16: ~370 MB at 512x512 SD1.5) and sample at the "
                     "cost of a plain KSampler. on the fly: store nothing; PnP Sampler runs the source pass in its "

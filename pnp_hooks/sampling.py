@@ -109,7 +109,7 @@ def invert(model, samples: torch.Tensor, conditioning, steps: int, inversion_ste
 
 
 # Largest automatic batch of source timesteps per UNet call (batch_size 0).
-AUTO_BATCH_MAX = 8
+AUTO_BATCH_MAX = 16
 
 
 class _SourcePassGuider(comfy.samplers.CFGGuider):
@@ -117,9 +117,10 @@ class _SourcePassGuider(comfy.samplers.CFGGuider):
 
     Rows are independent given the trajectory, so each call batches several
     timesteps; the recorder keeps each row's tensors under its own step.
-    ``batch_size`` 0 picks the largest batch (up to ``AUTO_BATCH_MAX``) that
-    ComfyUI's memory estimate for this model fits in the free memory, with
-    the margin ComfyUI's own cond batching uses.
+    ``batch_size`` 0 takes the fewest calls whose batch (up to
+    ``AUTO_BATCH_MAX``) ComfyUI's memory estimate for this model fits in the
+    free memory, with the margin ComfyUI's own cond batching uses, and splits
+    the timesteps evenly among them.
     """
 
     def __init__(self, model_patcher, latents: torch.Tensor, sigmas: torch.Tensor, batch_size: int):
@@ -135,10 +136,10 @@ class _SourcePassGuider(comfy.samplers.CFGGuider):
             return min(self.batch_size, total)
         free = comfy.model_management.get_free_memory(device)
         shape = list(self.source_latents.shape[1:])
-        for rows in range(min(AUTO_BATCH_MAX, total), 1, -1):
-            if self.inner_model.memory_required([rows] + shape) * 1.5 < free:
-                return rows
-        return 1
+        fits = next((rows for rows in range(min(AUTO_BATCH_MAX, total), 1, -1)
+                     if self.inner_model.memory_required([rows] + shape) * 1.5 < free), 1)
+        calls = math.ceil(total / fits)
+        return math.ceil(total / calls)
 
     def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
         self.conds = comfy.samplers.process_conds(self.inner_model, noise, self.conds, device, None, None, seed)

@@ -26,12 +26,11 @@ def _out(node_output, index=0):
 class Setup:
     """One model, prompts, inversion and banks shared by the tests of this module."""
 
-    def __init__(self, host, models):
+    def __init__(self, models):
         import nodes
 
-        self.host = host
         self.nodes = nodes.NODE_CLASS_MAPPINGS
-        self.model, self.clip, self.vae = models.load(LAYOUT)
+        self.model, self.clip, _ = models.load(LAYOUT)
         encode = nodes.CLIPTextEncode().encode
         self.empty = encode(self.clip, "")[0]
         self.positive = encode(self.clip, "a watercolor painting of a cat")[0]
@@ -43,22 +42,22 @@ class Setup:
         self.inversion = _out(inversion)
         self._banks = {}
 
-    def bank(self, dtype="fp16", mode="stored", batch_size=1, model=None, inversion=None):
+    def bank(self, dtype="fp16", mode="stored", batch_size=1, fresh=False):
+        """PnP Feature Bank's output (cached per settings unless ``fresh``)."""
         key = (dtype, mode, batch_size)
-        if model is not None or key not in self._banks:
+        if fresh or key not in self._banks:
             with torch.inference_mode():
                 bank = _out(self.nodes["PnP_FeatureBank"].execute(
-                    model or self.model, inversion or self.inversion, self.empty, "auto", "auto", 0.8, 0.5, dtype,
-                    batch_size, mode))
-            if model is not None:
+                    self.model, self.inversion, self.empty, "auto", "auto", 0.8, 0.5, dtype, batch_size, mode))
+            if fresh:
                 return bank
             self._banks[key] = bank
         return self._banks[key]
 
-    def sample(self, bank, model=None, negative_prompt=None):
+    def sample(self, bank):
         with torch.inference_mode():
-            out = self.nodes["PnP_Sampler"].execute(model or self.model, self.positive, self.negative, bank, 7.5, 0.8,
-                                                   0.5, 0, "pnp-diffusers", "official", negative_prompt, 0.5, "linear")
+            out = self.nodes["PnP_Sampler"].execute(self.model, self.positive, self.negative, bank, 7.5, 0.8, 0.5, 0,
+                                                   "pnp-diffusers", "official")
         return _out(out)["samples"]
 
     def save(self, bank, prefix="test_bank", overwrite=False) -> str:
@@ -75,7 +74,7 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def setup(host, models):
-    return Setup(host, models)
+    return Setup(models)
 
 
 def _count_unet_rows(model):
@@ -241,15 +240,15 @@ def test_recording_in_batches_gives_the_same_bank(setup):
     batched = setup.bank(dtype="fp32", batch_size=4)  # 9 recorded steps: calls of 4, 4, 1 rows
     rows, hook = _count_unet_rows(setup.model)
     try:
-        setup.bank(dtype="fp32", model=setup.model, batch_size=4)
+        setup.bank(dtype="fp32", batch_size=4, fresh=True)
         calls_of_4 = list(rows)
         rows.clear()
-        automatic = setup.bank(dtype="fp32", model=setup.model, batch_size=0)
+        automatic = setup.bank(dtype="fp32", batch_size=0, fresh=True)
     finally:
         hook.remove()
     assert calls_of_4 == [4, 4, 1]
-    assert rows == [8, 1]  # auto: up to 8 timesteps a call while ComfyUI's memory estimate fits (CPU RAM here)
-    assert all(torch.equal(automatic.attention[k], setup.bank(dtype="fp32", batch_size=8).attention[k])
+    assert rows == [9]  # auto: up to 16 timesteps a call while ComfyUI's memory estimate fits (CPU RAM here)
+    assert all(torch.equal(automatic.attention[k], setup.bank(dtype="fp32", batch_size=9).attention[k])
                for k in automatic.attention)
     worst = 0.0
     for key in one.resblock:

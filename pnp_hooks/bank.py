@@ -27,18 +27,32 @@ from .layers import LayerSites
 
 SOURCE_SINGLE = ("source",)
 SOURCE_CFG = ("uncond", "cond")
+# How a bank provides the source tensors: recorded beforehand, or by a source row in the sampler's own batch.
+BANK_MODES = ("stored", "on the fly")
 
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """What a trajectory or bank was made with: family, prediction type, base weights."""
+    """What a trajectory or bank was made with: family, prediction type, base weights, noise schedule.
+
+    ``schedule`` is a hash of the model's sigma table ("" when unknown): a
+    ModelSamplingDiscrete node (e.g. zero terminal SNR) changes it.
+    """
 
     family: str
     prediction: str
     fingerprint: str
+    schedule: str = ""
 
     def describe(self) -> str:
         return f"{self.family} {self.prediction}-prediction model (weights {self.fingerprint[:10]})"
+
+    def differences(self, other: "ModelIdentity") -> list[tuple[str, str, str]]:
+        """The fields that differ from ``other``: (what, this value, other's value)."""
+        fields = (("model family", self.family, other.family), ("prediction type", self.prediction, other.prediction),
+                  ("weights fingerprint", self.fingerprint, other.fingerprint),
+                  ("noise schedule (sigma table hash)", self.schedule, other.schedule))
+        return [field for field in fields if field[1] != field[2]]
 
 
 @dataclass(frozen=True)
@@ -95,8 +109,14 @@ class FeatureBank:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the stored source tensors (0 on the fly); the trajectory is ``trajectory_nbytes``."""
         tensors = list(self.resblock.values()) + list(self.attention.values())
         return sum(t.numel() * t.element_size() for t in tensors)
+
+    @property
+    def trajectory_nbytes(self) -> int:
+        latents = self.trajectory.latents
+        return latents.numel() * latents.element_size()
 
     def branch_index(self, name: str) -> int:
         """Bank branch that feeds a target branch ("cond", "uncond"; negative reads "uncond")."""
@@ -105,10 +125,15 @@ class FeatureBank:
         return self.branches.index("cond" if name == "cond" else "uncond")
 
     def describe(self) -> str:
-        mode = "computed on the fly" if self.on_the_fly else f"{self.nbytes / 2**20:.1f} MiB stored"
+        if self.on_the_fly:
+            return (f"{self.trajectory.origin} source, {self.steps} steps, {self.sites.describe()}, source pass "
+                    f"computed on the fly in the sampler's batch (0 feature bytes stored, trajectory "
+                    f"{self.trajectory_nbytes} bytes)")
         return (
             f"{self.trajectory.origin} source, {self.steps} steps, {self.sites.describe()}, "
-            f"ResBlock steps 0-{self.feature_steps - 1}, attention steps 0-{self.attention_steps - 1}, {mode}"
+            f"ResBlock steps 0-{self.feature_steps - 1}, attention steps 0-{self.attention_steps - 1}, "
+            f"{str(self.storage_dtype).removeprefix('torch.')}: {self.nbytes} bytes ({self.nbytes / 2**20:.1f} MiB) "
+            f"stored, trajectory {self.trajectory_nbytes} bytes"
         )
 
 
@@ -123,6 +148,12 @@ def check_model(recorded: ModelIdentity, current: ModelIdentity, what: str) -> N
             f"This {what} was made with a different checkpoint ({recorded.describe()}) than the MODEL "
             f"connected here ({current.describe()}). Connect the same checkpoint (and weight dtype) to "
             f"every PnP node, or record the {what} again with this model."
+        )
+    if recorded.schedule and current.schedule and recorded.schedule != current.schedule:
+        raise PnPInputError(
+            f"This {what} was made with another noise schedule (sigma table {recorded.schedule[:10]}) than the "
+            f"MODEL connected here ({current.schedule[:10]}): a ModelSampling* node (e.g. zero terminal SNR) sits "
+            f"on one of the two paths. Connect the same MODEL to every PnP node."
         )
 
 

@@ -11,6 +11,14 @@ rows. The patch layer (``patcher``) turns each call's ``timesteps`` and
   after norm1, (rows, h*w, C). Injecting ``n`` as the q and k input (v keeps
   the target's own ``n``) is exactly pnp-diffusers' q/k replacement, since
   q and k are linear projections of it.
+
+Two source providers:
+- stored (a bank): the source tensors were recorded beforehand; the step's
+  slice is moved to the UNet's device and dtype where it is used;
+- live (an on-the-fly bank): the source pass runs in the same UNet call as
+  the target, as extra rows whose chunk is ``SOURCE_CHUNK`` in
+  ``cond_or_uncond`` (pnp-diffusers' batch [source, uncond, cond]); each
+  target row takes the tensors of the source row of its call.
 """
 from __future__ import annotations
 
@@ -32,6 +40,10 @@ TARGET_NEGATIVE = 2  # the original paper's negative prompt (a description of th
 
 _TARGET_BRANCH = {TARGET_COND: "cond", TARGET_UNCOND: "uncond", TARGET_NEGATIVE: "uncond"}
 
+# cond_or_uncond entry of the live source rows that the on-the-fly mode prepends to a target call.
+# Not an index of the guider's conds: code that picks cond (0) / uncond (1) rows leaves them alone.
+SOURCE_CHUNK = -1
+
 
 def rows_per_chunk(batch: int, cond_or_uncond: list[int]) -> int:
     if not cond_or_uncond or batch % len(cond_or_uncond):
@@ -41,12 +53,18 @@ def rows_per_chunk(batch: int, cond_or_uncond: list[int]) -> int:
 
 @dataclass(frozen=True)
 class InjectCall:
-    """One UNet call of the target: its step and, per row, the bank branch feeding it."""
+    """One UNet call of the target: its step and, per row, where its source comes from.
+
+    Stored bank: ``row_sources[r]`` is the bank branch feeding row ``r``. Live
+    source (``live``): it is the row of this call holding row ``r``'s source
+    (a source row points at itself, so it keeps its own tensors).
+    """
 
     step: int
-    row_branches: tuple[int, ...]
+    row_sources: tuple[int, ...]
     features: bool
     attention: bool
+    live: bool = False
 
 
 class Injector:
@@ -76,44 +94,64 @@ class Injector:
     def sites(self) -> LayerSites:
         return self.bank.sites
 
+    @property
+    def live(self) -> bool:
+        """True when the source pass runs in the target's UNet calls (an on-the-fly bank)."""
+        return self.bank.on_the_fly
+
+    def step_of(self, timestep: int) -> int | None:
+        return self._step_of.get(int(round(timestep)))
+
+    def injects_at(self, step: int | None) -> bool:
+        if step is None or self.strength == 0.0:
+            return False
+        return self.plan.injects_features(step) or self.plan.injects_attention(step)
+
     def plan_call(self, timesteps: list[int], cond_or_uncond: list[int]) -> InjectCall | None:
-        step = self._step_of.get(int(round(timesteps[0])))
-        if step is None or any(int(round(t)) != int(round(timesteps[0])) for t in timesteps):
+        step = self.step_of(timesteps[0])
+        if any(int(round(t)) != int(round(timesteps[0])) for t in timesteps) or not self.injects_at(step):
             return None
         features = self.plan.injects_features(step)
         attention = self.plan.injects_attention(step)
-        if not (features or attention) or self.strength == 0.0:
-            return None
         per = rows_per_chunk(len(timesteps), cond_or_uncond)
+        if self.live:
+            if SOURCE_CHUNK not in cond_or_uncond:
+                raise RuntimeError(f"on-the-fly PnP call at step {step} carries no source rows ({cond_or_uncond})")
+            first = cond_or_uncond.index(SOURCE_CHUNK) * per
+            return InjectCall(step, tuple(first + r % per for r in range(len(timesteps))), features, attention,
+                              live=True)
         branches = tuple(
             self.bank.branch_index(_TARGET_BRANCH.get(c, "uncond")) for c in cond_or_uncond for _ in range(per)
         )
         return InjectCall(step, branches, features, attention)
 
     def resblock(self, block: int, h: torch.Tensor, call: InjectCall) -> torch.Tensor:
-        if not call.features or block not in self.bank.resblock:
+        if not call.features or block not in self.sites.resblocks:
             return h
-        source = self._source(self.bank.resblock[block][call.step], h, call)
+        source = self._source(self.bank.resblock.get(block), h, call)
         return self._blend(h, source, h.shape[-2:], spatial_dims=2)
 
     def attention(self, site: tuple[int, int], n: torch.Tensor, spatial: tuple[int, int],
                   call: InjectCall) -> torch.Tensor:
-        if not call.attention or site not in self.bank.attention:
+        if not call.attention or site not in self.sites.attention:
             return n
-        source = self._source(self.bank.attention[site][call.step], n, call)
+        source = self._source(self.bank.attention.get(site), n, call)
         return self._blend(n, source, spatial, spatial_dims=1)
 
     @staticmethod
-    def _source(stored: torch.Tensor, like: torch.Tensor, call: InjectCall) -> torch.Tensor:
-        stored = stored.to(device=like.device, dtype=like.dtype)
-        index = torch.tensor(call.row_branches, device=like.device)
-        return stored.index_select(0, index)
+    def _source(stored: torch.Tensor | None, like: torch.Tensor, call: InjectCall) -> torch.Tensor:
+        """Per row of ``like``, its source tensor: from this call's source rows, or the bank's step slice."""
+        index = torch.tensor(call.row_sources, device=like.device)
+        if call.live:
+            return like.index_select(0, index)
+        return stored[call.step].to(device=like.device, dtype=like.dtype).index_select(0, index)
 
     def _blend(self, target: torch.Tensor, source: torch.Tensor, spatial, spatial_dims: int) -> torch.Tensor:
         if self.mask is None and self.strength == 1.0:
             return source
         weight = self._weight(tuple(spatial), spatial_dims, target)
-        # lerp is exact at both ends: weight 1 gives the source, weight 0 the target.
+        # lerp is exact at both ends: weight 1 gives the source, weight 0 the target; a live source row
+        # blended with itself stays exactly itself.
         return torch.lerp(target, source, weight)
 
     def _weight(self, spatial: tuple[int, int], spatial_dims: int, like: torch.Tensor) -> torch.Tensor:
@@ -213,3 +251,28 @@ class Recorder:
         attention = {s: stack(v, self.attention_steps, f"attention {s}")
                      for s, v in self._attention.items() if self.attention_steps}
         return resblock, attention
+
+
+def control_with_source_rows(control: dict | None, source_rows: int, target_rows: int) -> dict | None:
+    """ControlNet residuals for a call whose ``source_rows`` live source rows come first.
+
+    ``control`` maps "input"/"middle"/"output" to lists of (target_rows, C, h, w)
+    tensors (or None); the source rows get zero residuals (the source pass is
+    never controlled), so ``h + 0`` leaves them exactly as recorded.
+    """
+    if control is None:
+        return None
+    out = {}
+    for key, values in control.items():
+        if not isinstance(values, (list, tuple)):
+            out[key] = values
+            continue
+        padded = []
+        for v in values:
+            if isinstance(v, torch.Tensor):
+                if v.shape[0] != target_rows:
+                    raise RuntimeError(f"control residual {key} has {v.shape[0]} rows for {target_rows} target rows")
+                v = torch.cat([v.new_zeros((source_rows,) + tuple(v.shape[1:])), v])
+            padded.append(v)
+        out[key] = padded
+    return out

@@ -16,6 +16,15 @@ PnP patches on a clone, all under the key ``comfyui_pnp``:
   q/k input, keeping the target's own ``n`` for v. Attention itself stays
   ComfyUI's optimized attention, and any attn1 replace patch another node put
   on the model still runs (it receives the injected q and k).
+- on the fly (a bank with no stored tensors): an APPLY_MODEL wrapper. When the
+  call's ``transformer_options`` carry ``SourceRows`` (the PnP guider puts them
+  there for injecting steps), it prepends the source row to the batch: x = the
+  trajectory latent at this step, the same sigma, the source prompt's processed
+  conds (cross-attention padded as ComfyUI pads it), zero ControlNet residuals;
+  ``cond_or_uncond`` gains ``injection.SOURCE_CHUNK`` in front. ComfyUI then
+  scales and casts all rows alike, the site hooks inject the source rows'
+  tensors into the target rows, and the wrapper drops the source rows from the
+  output.
 """
 from __future__ import annotations
 
@@ -32,9 +41,12 @@ import comfy.utils
 
 from .bank import ModelIdentity
 from .errors import PnPInputError
+from .injection import SOURCE_CHUNK, control_with_source_rows, rows_per_chunk
 from .layers import UNetLayout
 
 PATCH_KEY = "comfyui_pnp"
+# transformer_options key of the live source rows of one UNet call (on-the-fly mode).
+SOURCE_KEY = f"{PATCH_KEY}.source"
 
 SUPPORTED_FAMILIES = {"SD15": "SD 1.x", "SD20": "SD 2.x", "SDXL": "SDXL"}
 _PREDICTIONS = {comfy.model_sampling.EPS: "eps", comfy.model_sampling.V_PREDICTION: "v"}
@@ -89,8 +101,14 @@ def model_facts(model) -> ModelFacts:
             for block in unet.output_blocks
         ),
     )
-    identity = ModelIdentity(family, prediction, _fingerprint(model))
-    return ModelFacts(identity, layout, sampling.sigmas.detach().float().cpu(), latent_format)
+    sigmas = sampling.sigmas.detach().float().cpu()
+    identity = ModelIdentity(family, prediction, _fingerprint(model), _schedule_hash(sigmas))
+    return ModelFacts(identity, layout, sigmas, latent_format)
+
+
+def _schedule_hash(sigmas: torch.Tensor) -> str:
+    """Hash of the sigma table (1000 float32 values): tells a changed noise schedule apart."""
+    return hashlib.sha256(sigmas.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def _fingerprint(model) -> str:
@@ -101,6 +119,39 @@ def _fingerprint(model) -> str:
         weight = backup.weight if backup is not None else comfy.utils.get_attr(model.model, key)
         digest.update(weight.detach().to(device="cpu", dtype=torch.float16).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SourceRows:
+    """The live source pass of one sampling step, as ``apply_model`` inputs.
+
+    ``x``: (rows, C, H, W), the trajectory latent at the step in sampling space
+    (what ``apply_model`` receives); ``conds``: the source prompt's processed
+    model conds (``comfy.conds`` objects for that many rows, e.g.
+    ``c_crossattn``, ``y``); ``uuid``: the source cond's id for ``uuids``.
+    """
+
+    x: torch.Tensor
+    conds: dict
+    uuid: object
+
+
+def _with_source(name: str, target, source, rows: int):
+    """One apply_model input with the source rows in front (ComfyUI's own concat pads cross-attention)."""
+    batched = isinstance(target, torch.Tensor) and target.ndim > 0 and target.shape[0] == rows
+    batched = batched or (isinstance(target, list) and bool(target) and all(
+        isinstance(t, torch.Tensor) and t.shape[0] == rows for t in target))
+    if not batched:
+        return target
+    if source is None:
+        raise PnPInputError(
+            f"The on-the-fly source pass has no '{name}' input, which this model's calls carry (an inpainting or "
+            f"otherwise conditioned model). Set PnP Feature Bank's mode to 'stored'."
+        )
+    if isinstance(target, torch.Tensor):
+        source = type(source)(source.cond.to(device=target.device, dtype=target.dtype))
+        return source.concat([type(source)(target)])
+    return source.concat([type(source)(target)])
 
 
 class _SitePatch:
@@ -134,6 +185,25 @@ class _SitePatch:
                 hook.remove()
             transformer_options.pop(PATCH_KEY, None)
 
+    def apply_model_wrapper(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
+        source: SourceRows | None = transformer_options.get(SOURCE_KEY)
+        if source is None:
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        chunks = list(transformer_options["cond_or_uncond"])
+        n, rows = source.x.shape[0], x.shape[0]
+        if rows_per_chunk(rows, chunks) != n:
+            raise RuntimeError(f"{n} source rows do not match chunks of {rows // len(chunks)} rows")
+        inputs = {"c_concat": c_concat, "c_crossattn": c_crossattn, **kwargs}
+        inputs = {k: _with_source(k, v, source.conds.get(k), rows) for k, v in inputs.items()}
+        options = dict(transformer_options)
+        del options[SOURCE_KEY]
+        options["cond_or_uncond"] = [SOURCE_CHUNK] + chunks
+        options["uuids"] = [source.uuid] + list(options.get("uuids", []))
+        out = executor(torch.cat([source.x.to(device=x.device, dtype=x.dtype), x]), torch.cat([t[:n], t]),
+                       inputs.pop("c_concat"), inputs.pop("c_crossattn"), control_with_source_rows(control, n, rows),
+                       options, **inputs)
+        return out[n:]
+
     def _resblock_hook(self, block, call, module, args, output):
         return self.handler.resblock(block, output, call)
 
@@ -153,12 +223,19 @@ class _SitePatch:
 
 
 def with_pnp_sites(model, handler):
-    """A clone of ``model`` whose UNet calls go through ``handler`` at the PnP sites."""
+    """A clone of ``model`` whose UNet calls go through ``handler`` at the PnP sites.
+
+    A live handler (on-the-fly bank) also gets the APPLY_MODEL wrapper that
+    adds the source rows its calls need.
+    """
     clone = model.clone()
     patch = _SitePatch(handler)
     clone.set_model_attn1_patch(patch.attn1_patch)
     clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, PATCH_KEY,
                                patch.diffusion_model_wrapper)
+    if getattr(handler, "live", False):
+        clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, PATCH_KEY,
+                                   patch.apply_model_wrapper)
     return clone
 
 

@@ -11,6 +11,7 @@ is then exactly an Euler step x' = x + (sigma' - sigma) * eps.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -31,6 +32,8 @@ from .layers import LayerSites
 from .schedule import InjectionPlan, ddim_timesteps, inversion_timesteps
 
 FINAL_STEPS = ("official", "comfyui")
+
+log = logging.getLogger("comfyui_pnp")
 
 
 def check_source_latent(samples: torch.Tensor, facts: patcher.ModelFacts, what: str) -> None:
@@ -105,11 +108,19 @@ def invert(model, samples: torch.Tensor, conditioning, steps: int, inversion_ste
     return Trajectory(facts.identity, tuple(sampling_ts), latents, len(inversion_ts), "inverted")
 
 
+# Largest automatic batch of source timesteps per UNet call (batch_size 0).
+AUTO_BATCH_MAX = 16
+
+
 class _SourcePassGuider(comfy.samplers.CFGGuider):
     """Runs the source pass UNet(z_t, t, cond) for many timesteps, ``batch_size`` rows a call.
 
     Rows are independent given the trajectory, so each call batches several
     timesteps; the recorder keeps each row's tensors under its own step.
+    ``batch_size`` 0 takes the fewest calls whose batch (up to
+    ``AUTO_BATCH_MAX``) ComfyUI's memory estimate for this model fits in the
+    free memory, with the margin ComfyUI's own cond batching uses, and splits
+    the timesteps evenly among them.
     """
 
     def __init__(self, model_patcher, latents: torch.Tensor, sigmas: torch.Tensor, batch_size: int):
@@ -117,41 +128,85 @@ class _SourcePassGuider(comfy.samplers.CFGGuider):
         self.source_latents = latents
         self.source_sigmas = sigmas
         self.batch_size = batch_size
+        self.used_batch_size = None
+
+    def _batch_size(self, device) -> int:
+        total = len(self.source_sigmas)
+        if self.batch_size:
+            return min(self.batch_size, total)
+        free = comfy.model_management.get_free_memory(device)
+        shape = list(self.source_latents.shape[1:])
+        fits = next((rows for rows in range(min(AUTO_BATCH_MAX, total), 1, -1)
+                     if self.inner_model.memory_required([rows] + shape) * 1.5 < free), 1)
+        calls = math.ceil(total / fits)
+        return math.ceil(total / calls)
 
     def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
         self.conds = comfy.samplers.process_conds(self.inner_model, noise, self.conds, device, None, None, seed)
         model_options = comfy.model_patcher.create_model_options_clone(self.model_options)
         total = len(self.source_sigmas)
-        for start in range(0, total, self.batch_size):
+        batch = self.used_batch_size = self._batch_size(device)
+        for start in range(0, total, batch):
             comfy.model_management.throw_exception_if_processing_interrupted()
-            rows = slice(start, start + self.batch_size)
+            rows = slice(start, start + batch)
             x = self.inner_model.process_latent_in(self.source_latents[rows]).to(device)
             sigma = self.source_sigmas[rows].to(device)
             denoised = self(x, sigma, model_options=model_options, seed=seed)
             if callback is not None:
-                done = min(start + self.batch_size, total)
+                done = min(start + batch, total)
                 callback(done - 1, denoised[-1:], x[-1:], total)
         return latent_image
 
 
+# Conditioning keys that change how ComfyUI runs a cond; the on-the-fly source row cannot honour them.
+_UNSUPPORTED_LIVE_SOURCE_KEYS = ("area", "mask", "strength", "start_percent", "end_percent", "control", "gligen",
+                                 "hooks", "default")
+
+
+def check_live_source_conditioning(conditioning) -> None:
+    """The on-the-fly source row is one plain prompt: refuse what only a separate pass could honour."""
+    if not conditioning or len(conditioning) != 1:
+        raise PnPInputError(
+            f"The on-the-fly mode needs exactly one source prompt (one CLIP Text Encode), got a conditioning with "
+            f"{len(conditioning or [])} entries. Connect a single prompt or set mode to 'stored'."
+        )
+    extra = sorted(k for k in conditioning[0][1] if k in _UNSUPPORTED_LIVE_SOURCE_KEYS)
+    if extra:
+        raise PnPInputError(
+            f"The on-the-fly mode runs the source prompt as a plain extra row of the target's batch; its "
+            f"conditioning carries {extra} (area, mask, timestep range, ControlNet, ...), which needs a separate "
+            f"pass. Connect the plain CLIP Text Encode output or set mode to 'stored'."
+        )
+
+
 def record_bank(model, trajectory: Trajectory, conditioning, sites: LayerSites, feature_steps: int,
-                attention_steps: int, storage_dtype: torch.dtype, batch_size: int) -> FeatureBank:
-    """Record the bank from ``UNet(z_t_inverted, t, conditioning)`` (pnp-diffusers' source pass)."""
+                attention_steps: int, storage_dtype: torch.dtype, batch_size: int,
+                on_the_fly: bool = False) -> FeatureBank:
+    """Record the bank from ``UNet(z_t_inverted, t, conditioning)`` (pnp-diffusers' source pass).
+
+    ``batch_size``: timesteps per UNet call, 0 = automatic (see ``_SourcePassGuider``).
+    ``on_the_fly``: record nothing; the bank keeps the trajectory and the source
+    conditioning, and PnP sampling runs the source pass in its own batch.
+    """
     facts = patcher.model_facts(model)
     check_model(trajectory.model, facts.identity, "inversion")
+    if on_the_fly:
+        check_live_source_conditioning(conditioning)
+        return FeatureBank(trajectory, sites, SOURCE_SINGLE, trajectory.steps, trajectory.steps, {}, {},
+                           storage_dtype, on_the_fly=True, source_conditioning=conditioning)
     recorded_steps = max(feature_steps, attention_steps)
     recorder = Recorder(trajectory.timesteps, sites, feature_steps, attention_steps,
                         comfy.model_management.intermediate_device(), storage_dtype)
     if recorded_steps:
         clone = patcher.with_pnp_sites(model, recorder)
         sigmas = facts.sigmas_at(list(trajectory.timesteps[:recorded_steps]))
-        batch = max(1, min(batch_size, recorded_steps))
-        guider = _SourcePassGuider(clone, trajectory.latents[:recorded_steps], sigmas, batch)
+        guider = _SourcePassGuider(clone, trajectory.latents[:recorded_steps], sigmas, max(0, batch_size))
         guider.set_conds(conditioning, [])
         guider.set_cfg(1.0)
-        shape = (batch,) + trajectory.latent_shape
+        shape = (1,) + trajectory.latent_shape
         guider.sample(torch.zeros(shape), torch.zeros(shape), None, sigmas,
                       callback=_progress(clone, recorded_steps), disable_pbar=_disable_pbar(), seed=0)
+        log.debug("PnP source pass: %d timesteps, %d per UNet call", recorded_steps, guider.used_batch_size)
     resblock, attention = recorder.build()
     return FeatureBank(trajectory, sites, SOURCE_SINGLE, feature_steps, attention_steps, resblock, attention,
                        storage_dtype, source_conditioning=conditioning)
@@ -203,21 +258,49 @@ class PnPGuider(comfy.samplers.CFGGuider):
     Negative prompting: ``e_tilde = a_i * e(uncond) + (1 - a_i) * e(negative)``,
     then ``e = e_tilde + w * (e(cond) - e_tilde)``. The blend weights sum to one,
     so doing it on ComfyUI's denoised outputs is the same as on eps.
+
+    On the fly (``live``, an injector whose bank stores nothing): the source
+    prompt is a ``pnp_source`` cond, processed by ComfyUI with the others; at
+    each injecting step the guider hands the UNet calls the source row (the
+    trajectory latent at this step and that cond) in ``transformer_options``,
+    and ``patcher`` puts it in front of the target rows.
     """
 
-    def __init__(self, model_patcher, sigmas: torch.Tensor, negative_alphas: list[float] | None):
+    def __init__(self, model_patcher, sigmas: torch.Tensor, negative_alphas: list[float] | None,
+                 live: Injector | None = None):
         super().__init__(model_patcher)
         self.step_sigmas = sigmas
         self.negative_alphas = negative_alphas
+        self.live = live
+
+    def _step(self, timestep) -> int:
+        return int(torch.argmin((self.step_sigmas - float(timestep.flatten()[0])).abs()))
+
+    def _with_source_rows(self, x, timestep, model_options: dict) -> dict:
+        """``model_options`` plus this step's live source row when the step injects (else unchanged)."""
+        if self.live is None:
+            return model_options
+        step = self._step(timestep)
+        if not self.live.injects_at(step):
+            return model_options
+        latent = self.live.bank.trajectory.latents[step:step + 1]
+        # As the stored mode's source pass: LATENT -> sampling space, then to the device.
+        source_x = self.inner_model.process_latent_in(latent).to(x.device)
+        source = comfy.samplers.get_area_and_mult(self.conds["pnp_source"][0], source_x, timestep[:1])
+        rows = patcher.SourceRows(source_x, source.conditioning, source.uuid)
+        options = dict(model_options.get("transformer_options", {}))
+        options[patcher.SOURCE_KEY] = rows
+        return {**model_options, "transformer_options": options}
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
+        model_options = self._with_source_rows(x, timestep, model_options)
         negative_prompt = self.conds.get("pnp_negative")
         if negative_prompt is None:
             return super().predict_noise(x, timestep, model_options, seed)
         positive, uncond = self.conds.get("positive"), self.conds.get("negative")
         cond_out, uncond_out, negative_out = comfy.samplers.calc_cond_batch(
             self.inner_model, [positive, uncond, negative_prompt], x, timestep, model_options)
-        step = int(torch.argmin((self.step_sigmas - float(timestep.flatten()[0])).abs()))
+        step = self._step(timestep)
         alpha = self.negative_alphas[step]
         uncond_tilde = alpha * uncond_out + (1.0 - alpha) * negative_out
         return comfy.samplers.cfg_function(self.inner_model, cond_out, uncond_tilde, self.cfg, x, timestep,
@@ -232,15 +315,18 @@ def translate(model, positive, negative, bank: FeatureBank, cfg: float, plan: In
         raise PnPInputError(f"final_step must be one of {FINAL_STEPS}, got {final_step!r}.")
     facts = patcher.model_facts(model)
     check_model(bank.trajectory.model, facts.identity, "feature bank")
-    clone = patcher.with_pnp_sites(model, Injector(bank, plan, strength, mask))
+    injector = Injector(bank, plan, strength, mask)
+    clone = patcher.with_pnp_sites(model, injector)
     timesteps = list(bank.trajectory.timesteps)
     step_sigmas = facts.sigmas_at(timesteps)
     final_sigma = facts.sigma(0) if final_step == "official" else 0.0
     sigmas = torch.cat([step_sigmas, torch.tensor([final_sigma])])
-    guider = PnPGuider(clone, step_sigmas, negative_alphas)
+    guider = PnPGuider(clone, step_sigmas, negative_alphas, live=injector if injector.live else None)
     conds = {"positive": positive, "negative": negative}
     if paper_negative is not None:
         conds["pnp_negative"] = paper_negative
+    if injector.live:
+        conds["pnp_source"] = bank.source_conditioning
     guider.inner_set_conds(conds)
     guider.set_cfg(cfg)
     x_T = bank.trajectory.x_T()

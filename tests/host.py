@@ -109,6 +109,8 @@ def boot(work_dir: Path, checkpoint_dir: Path) -> Host:
     missing = [n for n in PACK_NODE_IDS if n not in nodes.NODE_CLASS_MAPPINGS]
     if missing:
         raise RuntimeError(f"The pack loaded but did not register {missing}")
+    # Banks saved by tests go to the work dir, not to ComfyUI's own models/pnp_banks (the pack registered that).
+    folder_paths.add_model_folder_path("pnp_banks", str(models_dir / "pnp_banks"), is_default=True)
 
     module_name = next(
         name for name, mod in sys.modules.items()

@@ -82,14 +82,14 @@ class InjectionSpy:
         def spy_attention(self, site, n, spatial, call):
             out = attention(self, site, n, spatial, call)
             if out is not n:
-                expected = self.bank.attention[site][call.step][list(call.row_branches)].to(out)
+                expected = self.bank.attention[site][call.step][list(call.row_sources)].to(out)
                 spy.attention[site].append((call.step, out.shape[0], torch.equal(out, expected)))
             return out
 
         def spy_resblock(self, block, h, call):
             out = resblock(self, block, h, call)
             if out is not h:
-                expected = self.bank.resblock[block][call.step][list(call.row_branches)].to(out)
+                expected = self.bank.resblock[block][call.step][list(call.row_sources)].to(out)
                 spy.resblock[block].append((call.step, out.shape[0], torch.equal(out, expected)))
             return out
 

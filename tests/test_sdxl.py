@@ -184,18 +184,18 @@ def test_injection_fires_exactly_at_the_chosen_sites_steps_and_branches(host, sd
         out = original_attention(self, site, n, spatial, call)
         seen_sites.add(("attention", site))
         if out is not n:
-            for row, branch in enumerate(call.row_branches):
+            for row, branch in enumerate(call.row_sources):
                 assert torch.equal(out[row], bank.attention[site][call.step, branch].to(out.dtype))
-            injected[("attention", site, call.step)] += len(call.row_branches)
+            injected[("attention", site, call.step)] += len(call.row_sources)
         return out
 
     def resblock(self, block, h, call):
         out = original_resblock(self, block, h, call)
         seen_sites.add(("resblock", block))
         if out is not h:
-            for row, branch in enumerate(call.row_branches):
+            for row, branch in enumerate(call.row_sources):
                 assert torch.equal(out[row], bank.resblock[block][call.step, branch].to(out.dtype))
-            injected[("resblock", block, call.step)] += len(call.row_branches)
+            injected[("resblock", block, call.step)] += len(call.row_sources)
         return out
 
     monkeypatch.setattr(injection.Injector, "attention", attention)

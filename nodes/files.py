@@ -1,0 +1,124 @@
+"""PnP Save / Load Feature Bank nodes: banks as safetensors files in ComfyUI's models/pnp_banks folder."""
+from __future__ import annotations
+
+import logging
+import os
+
+import comfy.model_management
+import folder_paths
+from comfy_api.v0_0_2 import io, ui
+
+from ..pnp_hooks import bank_file, patcher
+from ..pnp_hooks.errors import PnPInputError
+from .types import CATEGORY, PnPFeatures, PnPInversion
+
+log = logging.getLogger("comfyui_pnp")
+
+BANK_FOLDER = "pnp_banks"
+
+
+def register_bank_folder() -> None:
+    """Register models/pnp_banks with ComfyUI's folder_paths (idempotent; paths a user configured stay first)."""
+    folder_paths.add_model_folder_path(BANK_FOLDER, os.path.join(folder_paths.models_dir, BANK_FOLDER))
+    paths, _ = folder_paths.folder_names_and_paths[BANK_FOLDER]
+    folder_paths.folder_names_and_paths[BANK_FOLDER] = (paths, {bank_file.EXTENSION})
+
+
+def bank_names() -> list[str]:
+    register_bank_folder()
+    return folder_paths.get_filename_list(BANK_FOLDER)
+
+
+def _bank_path(bank_name: str):
+    register_bank_folder()
+    return bank_file.find_bank(bank_name, folder_paths.get_folder_paths(BANK_FOLDER))
+
+
+class PnPSaveFeatures(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PnP_SaveFeatures",
+            display_name="PnP Save Feature Bank",
+            category=CATEGORY,
+            description=(
+                "Saves a feature bank (with its inversion trajectory and what it was recorded with) as a "
+                "safetensors file in models/pnp_banks, so later sessions translate the same guidance image without "
+                "inverting or recording again."),
+            is_output_node=True,
+            inputs=[
+                PnPFeatures.Input("features", tooltip="From PnP Feature Bank or PnP Generate Guidance."),
+                io.String.Input("filename_prefix", default="pnp_bank", tooltip=(
+                    "File name inside models/pnp_banks (subfolders allowed, e.g. 'portraits/anna'; no '..', no "
+                    "absolute paths). A counter is appended (_00001_) unless overwrite is on.")),
+                io.Boolean.Input("overwrite", default=False, tooltip=(
+                    "Off: never replaces a file (ComfyUI's counter suffix). On: writes exactly "
+                    "<filename_prefix>.safetensors, replacing it if it exists.")),
+            ],
+            outputs=[io.String.Output("bank_name", tooltip=(
+                "The saved file's name as PnP Load Feature Bank lists it."))],
+        )
+
+    @classmethod
+    def execute(cls, features, filename_prefix, overwrite) -> io.NodeOutput:
+        register_bank_folder()
+        folder = folder_paths.get_folder_paths(BANK_FOLDER)[0]
+        path = bank_file.save_path(folder, filename_prefix, overwrite)
+        size = bank_file.write_bank(features, path)
+        name = os.path.relpath(path, folder).replace(os.sep, "/")
+        log.info("PnP feature bank saved to %s: %d bytes on disk (%d bytes of features); %s", path, size,
+                 features.nbytes, features.describe())
+        return io.NodeOutput(name, ui=ui.PreviewText(f"{name}: {size} bytes"))
+
+
+class PnPLoadFeatures(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PnP_LoadFeatures",
+            display_name="PnP Load Feature Bank",
+            category=CATEGORY,
+            description=(
+                "Loads a feature bank saved by PnP Save Feature Bank. The file is checked before anything is "
+                "loaded: safetensors framing, content hash, and that it was recorded with the MODEL (weights, "
+                "noise schedule) and image size connected here; the error names what differs."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model the bank will be used with; it must be the one it was "
+                                                "recorded with (LoRAs may be added)."),
+                io.Combo.Input("bank_name", options=bank_names(), tooltip="A bank file in models/pnp_banks."),
+                io.Latent.Input("latent", optional=True, tooltip=(
+                    "Optional: the guidance image's latent (or an Empty Latent Image of the size you sample); "
+                    "its size must be the bank's.")),
+            ],
+            outputs=[
+                PnPFeatures.Output("features", tooltip="The feature bank for PnP Sampler."),
+                PnPInversion.Output("inversion", tooltip=(
+                    "The bank's inversion trajectory, e.g. to record another bank with other layers.")),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, bank_name) -> bool | str:
+        try:
+            _bank_path(bank_name)
+        except PnPInputError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, model, bank_name, latent=None):
+        try:
+            stat = _bank_path(bank_name).stat()
+        except (OSError, PnPInputError):
+            return bank_name
+        return f"{bank_name}:{stat.st_mtime_ns}:{stat.st_size}"
+
+    @classmethod
+    def execute(cls, model, bank_name, latent=None) -> io.NodeOutput:
+        path = _bank_path(bank_name)
+        facts = patcher.model_facts(model)
+        latent_shape = None if latent is None else tuple(latent["samples"].shape[1:])
+        bank, meta = bank_file.read_bank(path, comfy.model_management.intermediate_device(), facts.identity,
+                                         latent_shape)
+        log.info("PnP feature bank loaded from %s (pack %s): %s", path, meta.get("pack_version"), bank.describe())
+        return io.NodeOutput(bank, bank.trajectory)

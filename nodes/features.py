@@ -32,7 +32,7 @@ class PnPFeatureBank(io.ComfyNode):
                 io.Int.Input("batch_size", default=0, min=0, max=64, tooltip=(
                     "Timesteps evaluated per UNet call while recording; the bank is the same for any value. "
                     "0 = auto: as many as ComfyUI's memory estimate allows, up to 16.")),
-                io.Combo.Input("mode", options=list(BANK_MODES), default=BANK_MODES[0], tooltip=(
+                io.Combo.Input("mode", options=list(BANK_MODES), default=BANK_MODES[0], optional=True, tooltip=(
                     "stored: record the source tensors now (fp16: ~370 MB at 512x512 SD1.5) and sample at the "
                     "cost of a plain KSampler. on the fly: store nothing; PnP Sampler runs the source pass in its "
                     "own batch (pnp-diffusers' [source, uncond, cond]), ~1.5x the sampling time while injecting.")),

@@ -257,7 +257,6 @@ def with_next_timestep_labels(model, next_label: dict[int, int]):
     return clone
 
 
-
 def attention_qk(model, site: tuple[int, int], n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """q and k of ``output_blocks[b][1].transformer_blocks[j].attn1`` for attn1 inputs ``n`` (..., tokens, C).
 

@@ -76,12 +76,6 @@ class Trajectory:
     def x_T(self) -> torch.Tensor:
         return self.latents[0:1]
 
-    def step_of(self, timestep: int) -> int | None:
-        try:
-            return self.timesteps.index(timestep)
-        except ValueError:
-            return None
-
 
 @dataclass(frozen=True)
 class FeatureBank:
@@ -154,15 +148,6 @@ def check_model(recorded: ModelIdentity, current: ModelIdentity, what: str) -> N
             f"This {what} was made with another noise schedule (sigma table {recorded.schedule[:10]}) than the "
             f"MODEL connected here ({current.schedule[:10]}): a ModelSampling* node (e.g. zero terminal SNR) sits "
             f"on one of the two paths. Connect the same MODEL to every PnP node."
-        )
-
-
-def check_latent(trajectory: Trajectory, latent: torch.Tensor, what: str) -> None:
-    if tuple(latent.shape[1:]) != trajectory.latent_shape:
-        raise PnPInputError(
-            f"This {what} holds latents of shape {list(trajectory.latent_shape)} "
-            f"({trajectory.latent_shape[-1] * 8}x{trajectory.latent_shape[-2] * 8} px), but the latent "
-            f"given here is {list(latent.shape[1:])}. Use the same image size for inversion and sampling."
         )
 
 

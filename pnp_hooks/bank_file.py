@@ -46,6 +46,7 @@ _DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
            "BOOL": torch.bool}
 _STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_STORAGE_CODES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}  # safetensors dtype of each
 _MAX_HEADER = 100 * 2**20
 _NAME_FORBIDDEN = set('<>:"|?*\\')
 
@@ -286,7 +287,7 @@ def _tensor_specs(path: Path, header: dict, data_bytes: int) -> dict[str, tuple[
 
 def _expected_tensors(meta: dict) -> dict[str, tuple[str | None, int | None, int | None]]:
     """Tensor name -> (dtype code or None, leading steps or None, rank or None) that the metadata implies."""
-    storage = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}[_STORAGE_DTYPES[meta["dtype"]]]
+    storage = _STORAGE_CODES[meta["dtype"]]
     expected = {"trajectory.latents": ("F32", len(meta["timesteps"]), 4)}
     if meta["mode"] == MODES[1]:
         expected["source.cross_attn"] = (None, None, 3)

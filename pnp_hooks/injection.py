@@ -89,6 +89,7 @@ class Injector:
         self.mask = mask
         self._step_of = {t: i for i, t in enumerate(bank.trajectory.timesteps)}
         self._weights: dict[tuple, torch.Tensor] = {}
+        self._row_indices: dict[tuple, torch.Tensor] = {}
 
     @property
     def sites(self) -> LayerSites:
@@ -138,13 +139,19 @@ class Injector:
         source = self._source(self.bank.attention.get(site), n, call)
         return self._blend(n, source, spatial, spatial_dims=1)
 
-    @staticmethod
-    def _source(stored: torch.Tensor | None, like: torch.Tensor, call: InjectCall) -> torch.Tensor:
+    def _source(self, stored: torch.Tensor | None, like: torch.Tensor, call: InjectCall) -> torch.Tensor:
         """Per row of ``like``, its source tensor: from this call's source rows, or the bank's step slice."""
-        index = torch.tensor(call.row_sources, device=like.device)
+        index = self._row_index(call.row_sources, like.device)
         if call.live:
             return like.index_select(0, index)
         return stored[call.step].to(device=like.device, dtype=like.dtype).index_select(0, index)
+
+    def _row_index(self, row_sources: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """``row_sources`` as an index tensor on ``device``, made once (the sites run per layer per step)."""
+        key = (row_sources, device)
+        if key not in self._row_indices:
+            self._row_indices[key] = torch.tensor(row_sources, device=device)
+        return self._row_indices[key]
 
     def _blend(self, target: torch.Tensor, source: torch.Tensor, spatial, spatial_dims: int) -> torch.Tensor:
         if self.mask is None and self.strength == 1.0:

@@ -30,10 +30,6 @@ class Host:
     output_dir: Path
     progress_events: list = field(default_factory=list)
 
-    @property
-    def pack(self):
-        return sys.modules[self.pack_module_name]
-
     def pack_module(self, dotted: str):
         """A submodule of the loaded pack, e.g. ``pack_module("pnp_hooks.bank")``."""
         return sys.modules[f"{self.pack_module_name}.{dotted}"]

@@ -2,7 +2,6 @@
 the executor, generated guidance, several prompts, progress/preview/Cancel, and bad input."""
 from __future__ import annotations
 
-import copy
 from collections import Counter, defaultdict
 
 import pytest

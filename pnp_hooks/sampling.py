@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import partial
 
 import torch
 
 import comfy.model_management
-import comfy.model_patcher
 import comfy.sample
 import comfy.samplers
 import comfy.utils
@@ -112,50 +112,46 @@ def invert(model, samples: torch.Tensor, conditioning, steps: int, inversion_ste
 AUTO_BATCH_MAX = 16
 
 
-class _SourcePassGuider(comfy.samplers.CFGGuider):
-    """Runs the source pass UNet(z_t, t, cond) for many timesteps, ``batch_size`` rows a call.
+def _rows_per_call(model, latent_shape: tuple[int, ...], total: int, batch_size: int, device) -> int:
+    """Timesteps per source-pass UNet call: ``batch_size``, or 0 = automatic.
 
-    Rows are independent given the trajectory, so each call batches several
-    timesteps; the recorder keeps each row's tensors under its own step.
-    ``batch_size`` 0 takes the fewest calls whose batch (up to
-    ``AUTO_BATCH_MAX``) ComfyUI's memory estimate for this model fits in the
-    free memory, with the margin ComfyUI's own cond batching uses, and splits
-    the timesteps evenly among them.
+    Automatic takes the fewest calls whose batch (up to ``AUTO_BATCH_MAX``)
+    ComfyUI's memory estimate for this model fits in the free memory, with the
+    margin ComfyUI's own cond batching uses, and splits the timesteps evenly.
     """
+    if batch_size:
+        return min(batch_size, total)
+    free = comfy.model_management.get_free_memory(device)
+    fits = next((rows for rows in range(min(AUTO_BATCH_MAX, total), 1, -1)
+                 if model.model.memory_required([rows] + list(latent_shape)) * 1.5 < free), 1)
+    calls = math.ceil(total / fits)
+    return math.ceil(total / calls)
 
-    def __init__(self, model_patcher, latents: torch.Tensor, sigmas: torch.Tensor, batch_size: int):
-        super().__init__(model_patcher)
-        self.source_latents = latents
-        self.source_sigmas = sigmas
-        self.batch_size = batch_size
-        self.used_batch_size = None
 
-    def _batch_size(self, device) -> int:
-        total = len(self.source_sigmas)
-        if self.batch_size:
-            return min(self.batch_size, total)
-        free = comfy.model_management.get_free_memory(device)
-        shape = list(self.source_latents.shape[1:])
-        fits = next((rows for rows in range(min(AUTO_BATCH_MAX, total), 1, -1)
-                     if self.inner_model.memory_required([rows] + shape) * 1.5 < free), 1)
-        calls = math.ceil(total / fits)
-        return math.ceil(total / calls)
+@torch.no_grad()
+def _source_pass(model, x, sigmas, extra_args=None, callback=None, disable=None, latents=None,
+                 latent_sigmas=None, rows_per_call=None):
+    """KSAMPLER function: UNet(z_t, t, cond) on the trajectory latents instead of sampling ``x``.
 
-    def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
-        self.conds = comfy.samplers.process_conds(self.inner_model, noise, self.conds, device, None, None, seed)
-        model_options = comfy.model_patcher.create_model_options_clone(self.model_options)
-        total = len(self.source_sigmas)
-        batch = self.used_batch_size = self._batch_size(device)
-        for start in range(0, total, batch):
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            rows = slice(start, start + batch)
-            x = self.inner_model.process_latent_in(self.source_latents[rows]).to(device)
-            sigma = self.source_sigmas[rows].to(device)
-            denoised = self(x, sigma, model_options=model_options, seed=seed)
-            if callback is not None:
-                done = min(start + batch, total)
-                callback(done - 1, denoised[-1:], x[-1:], total)
-        return latent_image
+    ``latents`` (S, C, H, W) are the recorded steps' latents in sampling space at
+    ``latent_sigmas`` (S,). Rows are independent given the trajectory, so each
+    call batches ``rows_per_call(device)`` timesteps; the handler on the model
+    keeps each row's tensors under its own step. ``x`` is returned unchanged.
+    """
+    extra_args = {} if extra_args is None else extra_args
+    total = len(latent_sigmas)
+    batch = rows_per_call(x.device)
+    log.debug("PnP source pass: %d timesteps, %d per UNet call", total, batch)
+    for start in trange(0, total, batch, disable=disable):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        rows = slice(start, start + batch)
+        source_x = latents[rows].to(x)
+        sigma = latent_sigmas[rows].to(x.device)
+        denoised = model(source_x, sigma, **extra_args)
+        if callback is not None:
+            callback({"x": source_x[-1:], "i": min(start + batch, total) - 1, "sigma": sigma[-1],
+                      "sigma_hat": sigma[-1], "denoised": denoised[-1:]})
+    return x
 
 
 # Conditioning keys that change how ComfyUI runs a cond; the on-the-fly source row cannot honour them.
@@ -184,7 +180,7 @@ def record_bank(model, trajectory: Trajectory, conditioning, sites: LayerSites, 
                 on_the_fly: bool = False) -> FeatureBank:
     """Record the bank from ``UNet(z_t_inverted, t, conditioning)`` (pnp-diffusers' source pass).
 
-    ``batch_size``: timesteps per UNet call, 0 = automatic (see ``_SourcePassGuider``).
+    ``batch_size``: timesteps per UNet call, 0 = automatic (see ``_rows_per_call``).
     ``on_the_fly``: record nothing; the bank keeps the trajectory and the source
     conditioning, and PnP sampling runs the source pass in its own batch.
     """
@@ -200,13 +196,17 @@ def record_bank(model, trajectory: Trajectory, conditioning, sites: LayerSites, 
     if recorded_steps:
         clone = patcher.with_pnp_sites(model, recorder)
         sigmas = facts.sigmas_at(list(trajectory.timesteps[:recorded_steps]))
-        guider = _SourcePassGuider(clone, trajectory.latents[:recorded_steps], sigmas, max(0, batch_size))
+        sampler = comfy.samplers.KSAMPLER(_source_pass, extra_options={
+            "latents": facts.latent_format.process_in(trajectory.latents[:recorded_steps]),
+            "latent_sigmas": sigmas,
+            "rows_per_call": partial(_rows_per_call, clone, trajectory.latent_shape, recorded_steps, max(0, batch_size))})
+        guider = comfy.samplers.CFGGuider(clone)
         guider.set_conds(conditioning, [])
         guider.set_cfg(1.0)
         shape = (1,) + trajectory.latent_shape
-        guider.sample(torch.zeros(shape), torch.zeros(shape), None, sigmas,
+        # The sampler's own schedule only sizes the progress bar: one entry per recorded step, then 0.
+        guider.sample(torch.zeros(shape), torch.zeros(shape), sampler, torch.cat([sigmas, sigmas.new_zeros(1)]),
                       callback=_progress(clone, recorded_steps), disable_pbar=_disable_pbar(), seed=0)
-        log.debug("PnP source pass: %d timesteps, %d per UNet call", recorded_steps, guider.used_batch_size)
     resblock, attention = recorder.build()
     return FeatureBank(trajectory, sites, SOURCE_SINGLE, feature_steps, attention_steps, resblock, attention,
                        storage_dtype, source_conditioning=conditioning)

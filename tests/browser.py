@@ -24,13 +24,12 @@ import urllib.request
 from pathlib import Path
 
 import workflow_specs
-from find_comfyui import PACK_ROOT, find_comfyui
+from find_comfyui import PACK_ROOT, find_comfyui, with_stand_in
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
 VIEWPORT = {"width": 1920, "height": 1200}
-STUBS = PACK_ROOT / "tests" / "_stubs"
 
 
 def _free_port() -> int:
@@ -68,7 +67,7 @@ class ComfyServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 180.0) -> None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(STUBS), os.environ.get("PYTHONPATH")])))
+        env = with_stand_in(dict(os.environ))
         env.setdefault("OMP_NUM_THREADS", "1")
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(

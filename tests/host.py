@@ -9,14 +9,13 @@ imported before ``nodes``, and the pack is loaded through
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from find_comfyui import PACK_ROOT, find_comfyui
-
-STUBS = Path(__file__).resolve().parent / "_stubs"
+from find_comfyui import PACK_ROOT, find_comfyui, torchvision_stand_in
 
 PACK_NODE_IDS = ("PnP_DDIMInversion", "PnP_FeatureBank", "PnP_Sampler")
 
@@ -72,8 +71,9 @@ def boot(work_dir: Path, checkpoint_dir: Path) -> Host:
         import diffusers  # noqa: F401
     except ImportError:
         pass
-    if str(STUBS) not in sys.path:
-        sys.path.append(str(STUBS))
+    for stand_in in torchvision_stand_in():
+        if stand_in not in sys.path:
+            sys.path.append(stand_in)
 
     import comfy.cli_args
 
@@ -152,14 +152,13 @@ def validate(prompt: dict):
 
 def run_prompt(prompt: dict, executor=None) -> PromptResult:
     """Validate and execute an API-format prompt through ComfyUI's own executor."""
-    import execution
 
     valid = validate(prompt)
     if not valid[0]:
         raise AssertionError(f"prompt failed validation: {valid[1]} {valid[3]}")
     server = executor.server if executor is not None else RecordingServer()
     if executor is None:
-        executor = execution.PromptExecutor(server, cache_type=False, cache_size=None)
+        executor = runner().new_prompt_executor(server)
     server.messages.clear()
     prompt_id = str(uuid.uuid4())
     executor.execute(prompt, prompt_id, extra_data={"client_id": "tests"}, execute_outputs=valid[2])
@@ -167,7 +166,15 @@ def run_prompt(prompt: dict, executor=None) -> PromptResult:
 
 
 def new_executor():
-    import execution
+    return runner().new_prompt_executor(RecordingServer())
 
-    return execution.PromptExecutor(RecordingServer(), cache_type=False, cache_size=None)
+
+def runner():
+    """The pack's headless runner module (workflows/run.py): its ComfyUI boot helpers serve the tests too."""
+    name = "comfyui_pnp_workflow_runner"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, PACK_ROOT / "workflows" / "run.py")
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import checkpoints
-from find_comfyui import PACK_ROOT
+from find_comfyui import PACK_ROOT, with_stand_in
 from host import PACK_NODE_IDS, run_prompt
 
 PUBLIC_NODE_IDS = ("PnP_DDIMInversion", "PnP_FeatureBank", "PnP_GenerateGuidance", "PnP_Sampler", "PnP_FeaturePCA")
@@ -128,7 +128,7 @@ def test_comfyui_main_starts_with_the_pack_and_logs_no_import_error(host, tmp_pa
     base = tmp_path / "base"
     (base / "custom_nodes").mkdir(parents=True)
     (base / "custom_nodes" / "comfyui-pnp").symlink_to(PACK_ROOT, target_is_directory=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PACK_ROOT / "tests" / "_stubs"), os.environ.get("PYTHONPATH", "")]))
+    env = with_stand_in(dict(os.environ))
     proc = subprocess.run(
         [sys.executable, "main.py", "--cpu", "--quick-test-for-ci", "--base-directory", str(base),
          "--disable-auto-launch", "--database-url", "sqlite:///:memory:"],

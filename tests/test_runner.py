@@ -12,13 +12,13 @@ from PIL import Image
 
 import browser
 import workflow_specs
-from find_comfyui import PACK_ROOT
+from find_comfyui import PACK_ROOT, with_stand_in
 
 RUNNER = PACK_ROOT / "workflows" / "run.py"
 
 
 def run_runner(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(browser.STUBS), os.environ.get("PYTHONPATH")])))
+    env = with_stand_in(dict(os.environ))
     env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.run([sys.executable, str(RUNNER), *args], env=env, capture_output=True, text=True,
                           timeout=timeout)

@@ -289,6 +289,21 @@ class _Server:
         pass
 
 
+def new_prompt_executor(server):
+    """ComfyUI's PromptExecutor with the classic cache, on every supported version.
+
+    v0.3.64 takes ``cache_size``; v0.33 takes ``cache_args`` and reads its "ram"
+    entries on every prompt (0 = no RAM-pressure eviction, as main.py with --cache-classic).
+    """
+    import inspect
+
+    import execution
+
+    if "cache_args" in inspect.signature(execution.PromptExecutor).parameters:
+        return execution.PromptExecutor(server, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+    return execution.PromptExecutor(server)
+
+
 def run(prompt: dict) -> list[Path]:
     import comfy.model_management
     import comfy.utils
@@ -315,7 +330,7 @@ def run(prompt: dict) -> list[Path]:
 
     comfy.utils.set_progress_bar_global_hook(hook)
     comfy.utils.PROGRESS_BAR_ENABLED = False  # one bar per node from the hook above, not ComfyUI's own as well
-    executor = execution.PromptExecutor(server, cache_type=False, cache_size=None)
+    executor = new_prompt_executor(server)
     try:
         executor.execute(prompt, prompt_id, extra_data={"client_id": "run.py"}, execute_outputs=valid[2])
     finally:

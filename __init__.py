@@ -1,20 +1,29 @@
 """comfyui-pnp: Plug-and-Play Diffusion Features (Tumanyan et al., CVPR 2023) for ComfyUI.
 
-Registration only; see nodes/ and pnp_hooks/.
+Registration only; see nodes/ and pnp_hooks/. On a ComfyUI too old for the
+pack, one error line says which version is needed and no node is registered.
 """
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import ComfyExtension, io
+import logging
 
-from .nodes import NODES
-from .nodes.files import register_bank_folder
+from .pnp_hooks.host_api import host_problem
 
+_HOST_PROBLEM = host_problem()
 
-class PnPExtension(ComfyExtension):
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return list(NODES)
+if _HOST_PROBLEM:
+    logging.getLogger("comfyui_pnp").error(_HOST_PROBLEM)
+    NODE_CLASS_MAPPINGS: dict = {}
+else:
+    from comfy_api.v0_0_2 import ComfyExtension, io
 
+    from .nodes import NODES
+    from .nodes.files import register_bank_folder
 
-async def comfy_entrypoint() -> PnPExtension:
-    register_bank_folder()  # models/pnp_banks, listed by PnP Load Feature Bank
-    return PnPExtension()
+    class PnPExtension(ComfyExtension):
+        async def get_node_list(self) -> list[type[io.ComfyNode]]:
+            return list(NODES)
+
+    async def comfy_entrypoint() -> PnPExtension:
+        register_bank_folder()  # models/pnp_banks, listed by PnP Load Feature Bank
+        return PnPExtension()

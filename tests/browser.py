@@ -1,10 +1,12 @@
 """The real ComfyUI server + its real frontend, driven by Debian's headless Chromium through Playwright.
 
+- ``FrontendBuild`` / ``frontends_for``: the frontends a host is tested with: the
+  ``comfyui-frontend-package`` its requirements pin (installed beside it) and, on
+  hosts from ComfyUI 0.33 on, the newest one of ``.ci/newest-frontend.txt``
+  (installed by ``.ci/setup`` under ``.venvs/``, served with ``--front-end-root``).
 - ``ComfyServer``: ``main.py --cpu`` on a loopback port with a throw-away base
   directory: ``custom_nodes/comfyui-pnp`` links to this repository, random
-  models sit under the names the shipped workflows use, the frontend is the
-  ``comfyui-frontend-package`` installed beside ComfyUI (pinned by its
-  requirements).
+  models sit under the names the shipped workflows use.
 - ``chromium()``: /usr/bin/chromium (never a downloaded browser), loopback only.
 - ``Frontend``: what a user does in the page (open a workflow file through the
   UI's file input, queue, wait for the image) plus read-outs through the
@@ -15,21 +17,56 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import workflow_specs
-from find_comfyui import PACK_ROOT, find_comfyui, with_stand_in
+from find_comfyui import PACK_ROOT, comfyui_version, find_comfyui, version_tuple, with_stand_in
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
 VIEWPORT = {"width": 1920, "height": 1200}
+
+
+NEWEST_FRONTEND_PIN = PACK_ROOT / ".ci" / "newest-frontend.txt"
+NEWEST_FRONTEND_FROM = (0, 33)  # hosts from this ComfyUI version on are also tested with the newest frontend
+
+
+@dataclass(frozen=True)
+class FrontendBuild:
+    """A frontend to serve: its version and static folder (None: the package installed beside ComfyUI)."""
+    version: str
+    static: Path | None = None
+
+
+def pinned_frontend(comfyui: Path) -> FrontendBuild:
+    """The frontend that ComfyUI's requirements.txt pins."""
+    pin = re.search(r"^comfyui-frontend-package==(\S+)", (comfyui / "requirements.txt").read_text(), re.M)
+    return FrontendBuild(pin.group(1))
+
+
+def newest_frontend() -> FrontendBuild:
+    """The frontend of .ci/newest-frontend.txt, where .ci/setup installs it."""
+    pin = next(line for line in NEWEST_FRONTEND_PIN.read_text().splitlines() if line.strip() and line[0] != "#")
+    version = pin.strip().split("==")[1]
+    return FrontendBuild(version, PACK_ROOT / ".venvs" / f"frontend-{version}" / "comfyui_frontend_package" / "static")
+
+
+def frontends_for(comfyui: Path) -> list[FrontendBuild]:
+    """The pinned frontend; from ComfyUI 0.33 on also the newest one."""
+    builds = [pinned_frontend(comfyui)]
+    newest = newest_frontend()
+    if version_tuple(comfyui_version(comfyui)) >= NEWEST_FRONTEND_FROM and newest.version != builds[0].version:
+        builds.append(newest)
+    return builds
 
 
 def _free_port() -> int:
@@ -41,8 +78,10 @@ def _free_port() -> int:
 class ComfyServer:
     """ComfyUI's main.py in CPU mode on 127.0.0.1 with a base directory made for the test."""
 
-    def __init__(self, base: Path, models: dict[str, dict[str, Path]], inputs: dict[str, Path]):
+    def __init__(self, base: Path, models: dict[str, dict[str, Path]], inputs: dict[str, Path],
+                 frontend: FrontendBuild | None = None):
         self.base = base
+        self.front_end_root = ["--front-end-root", str(frontend.static)] if frontend and frontend.static else []
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / "server.log"
@@ -72,7 +111,8 @@ class ComfyServer:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-             "--base-directory", str(self.base), "--disable-auto-launch", "--database-url", "sqlite:///:memory:"],
+             "--base-directory", str(self.base), "--disable-auto-launch", "--database-url", "sqlite:///:memory:",
+             *self.front_end_root],
             cwd=find_comfyui(), env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -127,7 +167,7 @@ def chromium():
 
 
 class Frontend:
-    """One page of the ComfyUI frontend."""
+    """One page of the ComfyUI frontend; ``version`` is the one the page runs."""
 
     def __init__(self, browser, server: ComfyServer):
         self.server = server
@@ -140,11 +180,17 @@ class Frontend:
             "() => window.app && app.graph && window.LiteGraph && 'PnP_Sampler' in LiteGraph.registered_node_types",
             timeout=120_000)
         self.page.wait_for_timeout(1000)
+        self.version: str = self.page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__")
 
     def dialogs(self) -> list[str]:
-        """Texts of the dialogs and toasts shown in the page (missing nodes/models, alerts, errors)."""
+        """Texts of the dialogs, toasts and error overlays shown in the page (missing nodes/models, alerts).
+
+        PrimeVue dialogs and toasts (1.27.10, 1.49.6), the load-error overlay (1.49.6 on), reka-ui dialogs and
+        toasts (1.58.1).
+        """
         return self.page.evaluate(
-            "() => [...document.querySelectorAll('.p-dialog, .p-toast-message')]"
+            "() => [...document.querySelectorAll('.p-dialog, .p-toast-message, [data-testid=error-overlay], "
+            "[role=dialog], [role=alertdialog], [data-testid=toast]')]"
             ".filter(d => d.offsetParent !== null).map(d => d.innerText)")
 
     def open_workflow_file(self, path: Path) -> None:
@@ -162,6 +208,11 @@ class Frontend:
 
     def graph_to_prompt(self) -> dict:
         return json.loads(self.page.evaluate("async () => JSON.stringify((await app.graphToPrompt()).output)"))
+
+    def show_toast(self, text: str) -> None:
+        """A warning toast through the frontend's extension API (what a failed validation shows)."""
+        self.page.evaluate("text => app.extensionManager.toast.add({severity: 'warn', summary: text, detail: text})",
+                           text)
 
     def serialize(self) -> dict:
         return json.loads(self.page.evaluate("async () => JSON.stringify((await app.graphToPrompt()).workflow)"))
@@ -243,6 +294,79 @@ def fast_changes(api: dict) -> dict[int, dict[str, object]]:
     return changes
 
 
+# Frontend 1.27.10 sends Preview Any's display-only text widget as "preview": "" in the prompt; no node declares
+# it and ComfyUI ignores it; 1.49.6 and 1.58.1 leave it out (the versions between were not checked). The API
+# twins hold the declared inputs only: class_type -> input names a frontend up to this version adds.
+UNDECLARED_INPUTS = {"1.27.10": {"PreviewAny": {"preview"}}}
+
+
+def declared_inputs_only(prompt: dict, frontend_version: str) -> dict:
+    """An API prompt from ``graphToPrompt`` without the inputs this frontend adds that no node declares."""
+    undeclared: dict[str, set[str]] = {}
+    for upto, inputs in UNDECLARED_INPUTS.items():
+        if version_tuple(frontend_version) <= version_tuple(upto):
+            undeclared.update(inputs)
+    return {node_id: {**node, "inputs": {name: value for name, value in node["inputs"].items()
+                                         if name not in undeclared.get(node["class_type"], ())}}
+            for node_id, node in prompt.items()}
+
+
+def prompt_differences(got: dict, twin: dict) -> list[str]:
+    """One readable line per node, input or field where the frontend's prompt and the API twin differ."""
+    lines = []
+    for node_id in sorted(set(got) | set(twin), key=int):
+        mine, theirs = got.get(node_id), twin.get(node_id)
+        if mine is None or theirs is None:
+            node = mine or theirs
+            lines.append(f"node {node_id} ({node['class_type']}): only in the {'frontend' if mine else 'twin'}")
+            continue
+        where = f"node {node_id} ({theirs['class_type']})"
+        fields = [(f"input {k}", mine["inputs"], theirs["inputs"], k) for k in {**theirs["inputs"], **mine["inputs"]}]
+        fields += [(k, mine, theirs, k) for k in sorted((set(mine) | set(theirs)) - {"inputs"})]
+        lines += [f"{where} {field}: frontend {_shown(a, k)}, twin {_shown(b, k)}"
+                  for field, a, b, k in fields if (k in a) != (k in b) or a.get(k) != b.get(k)]
+    return lines
+
+
+def _shown(values: dict, key: str) -> str:
+    return repr(values[key]) if key in values else "absent"
+
+
+def changes_on_load(saved: dict, loaded: dict) -> list[str]:
+    """What the frontend changed in a UI file by opening it: schema version, links, groups, nodes.
+
+    Per node: type, title, mode, flags, colours, position, size, properties, widget values (none = []), the
+    links of its inputs and outputs. Not compared: the graph ``id`` (the file's nil UUID means none: frontends
+    from 1.49 give each opened copy its own), output slot names and unconnected outputs a host's node
+    definition adds (ComfyUI 0.33 names outputs by their id, 0.3.64 by their type; its Save/Preview Image and
+    Preview Any gained outputs), fields a frontend adds to every save (``widgets_values_named``, extra).
+    """
+    lines = [f"{key}: file {saved.get(key)!r}, opened {loaded.get(key)!r}"
+             for key in ("version", "groups") if saved.get(key) != loaded.get(key)]
+    links = {json.dumps(link): "file" for link in saved["links"]}
+    for link in map(json.dumps, loaded["links"]):
+        links[link] = "same" if link in links else "opened"
+    lines += [f"link {link} only in the {where}" for link, where in links.items() if where != "same"]
+    opened = {node["id"]: node for node in loaded["nodes"]}
+
+    def essentials(node: dict) -> dict:
+        return {**{k: node.get(k) for k in ("type", "title", "mode", "flags", "color", "bgcolor", "pos", "size",
+                                            "properties")},
+                "widgets_values": node.get("widgets_values", []),
+                "inputs": [(i["name"], i.get("link")) for i in node.get("inputs", []) if i.get("link") is not None],
+                "outputs": [o.get("links") for o in node.get("outputs", []) if o.get("links")]}
+
+    for node in saved["nodes"]:
+        if node["id"] not in opened:
+            lines.append(f"node {node['id']} ({node['type']}): gone")
+            continue
+        before, after = essentials(node), essentials(opened[node["id"]])
+        lines += [f"node {node['id']} ({node['type']}) {key}: file {before[key]!r}, opened {after[key]!r}"
+                  for key in before if before[key] != after[key]]
+    lines += [f"node {i} ({n['type']}): added" for i, n in opened.items() if i not in {m["id"] for m in saved["nodes"]}]
+    return lines
+
+
 def exercise_workflow(frontend: Frontend, ui_path: Path, api_path: Path, screenshot: Path | None,
                       timeout: float = 300.0) -> dict:
     """Open a UI workflow file as a user does, check it, queue it, wait for its images in the UI.
@@ -255,13 +379,17 @@ def exercise_workflow(frontend: Frontend, ui_path: Path, api_path: Path, screens
     assert not unknown, f"{ui_path.name}: missing node types {unknown}"
     dialogs = frontend.dialogs()
     assert not dialogs, f"{ui_path.name}: dialogs after loading: {dialogs}"
+    changes = changes_on_load(json.loads(ui_path.read_text()), frontend.serialize())
+    assert not changes, f"{ui_path.name}: frontend {frontend.version} changed the file on opening it:\n" + \
+        "\n".join(changes)
     api = json.loads(api_path.read_text())
-    converted = frontend.graph_to_prompt()
-    assert converted == api, f"{ui_path.name}: the frontend's graphToPrompt differs from {api_path.name}"
+    differences = prompt_differences(declared_inputs_only(frontend.graph_to_prompt(), frontend.version), api)
+    assert not differences, f"{ui_path.name}: frontend {frontend.version}'s graphToPrompt differs from " \
+        f"{api_path.parent.name}/{api_path.name}:\n" + "\n".join(differences)
 
     original = frontend.widget_values()
-    changes = fast_changes(api)
-    frontend.set_widgets(changes)
+    fast = fast_changes(api)
+    frontend.set_widgets(fast)
     answer = frontend.queue()
     assert answer["http_status"] == 200 and not answer.get("node_errors") and not answer.get("error"), \
         f"{ui_path.name}: validation failed: {answer}"
@@ -269,7 +397,7 @@ def exercise_workflow(frontend: Frontend, ui_path: Path, api_path: Path, screens
     assert history["status"]["status_str"] == "success", \
         f"{ui_path.name}: execution failed: {history['status']}\n{frontend.server.log_tail()}"
     frontend.set_widgets({nid: {name: original[str(nid)][i] for name, i in _widget_index(frontend, nid, values)}
-                          for nid, values in changes.items()})
+                          for nid, values in fast.items()})
     outputs = [int(i) for i, n in api.items() if n["class_type"] in OUTPUT_NODE_TYPES]
     images = frontend.wait_for_output_images(outputs)
     saved = {nid: out.get("images", []) for nid, out in history["outputs"].items()}
@@ -303,11 +431,13 @@ def small_inputs(folder: Path, size: int = FAST_SIZE) -> dict[str, Path]:
     return out
 
 
-def server_for_workflows(base: Path, checkpoints: dict[str, Path], controlnet: Path) -> ComfyServer:
+def server_for_workflows(base: Path, checkpoints: dict[str, Path], controlnet: Path,
+                         frontend: FrontendBuild | None = None) -> ComfyServer:
     """A server whose model folders hold random models under the names the shipped workflows use.
 
-    ``checkpoints``: the random checkpoint file for each layout of ``TEST_LAYOUTS``.
+    ``checkpoints``: the random checkpoint file for each layout of ``TEST_LAYOUTS``; ``frontend``: the one to
+    serve (default: the pinned one).
     """
     return ComfyServer(base, {"checkpoints": {name: checkpoints[layout] for name, layout in TEST_LAYOUTS.items()},
                               "controlnet": {workflow_specs.CONTROLNET: controlnet}},
-                       small_inputs(base / "small-inputs"))
+                       small_inputs(base / "small-inputs"), frontend)

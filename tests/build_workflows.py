@@ -1,11 +1,15 @@
 """Regenerate workflows/*.json (UI format), workflows/api/*.json (API twins) and the .jpg thumbnails.
 
-Run from the repository root with the test environment: ``.venv/bin/python tests/build_workflows.py [NAME ...]``
+Run from the repository root with the oldest host's test environment:
+``COMFYUI_PATH=<ComfyUI v0.3.64> .venvs/comfyui-0.3.64/bin/python tests/build_workflows.py [NAME ...]``
 (names such as ``pnp_sdxl`` rebuild only those workflows; none = all).
 It boots ComfyUI in-process only to build the random test models, then starts
 the real server and frontend, builds each spec of ``workflow_specs`` in the
 page, saves what the frontend serialises, re-opens the saved file through the
-UI, runs it small and screenshots the result as the thumbnail.
+UI, runs it small and screenshots the result as the thumbnail. Saved by the
+oldest frontend (1.27.10), the files open unchanged in the newer ones (README,
+Workflows); the API twins leave out the input 1.27.10 adds that no node
+declares (``browser.UNDECLARED_INPUTS``).
 """
 from __future__ import annotations
 
@@ -54,7 +58,8 @@ def main(names: list[str]) -> None:
             ui_path = WORKFLOWS / f"{spec['name']}.json"
             api_path = WORKFLOWS / "api" / f"{spec['name']}.json"
             ui_path.write_text(json.dumps(built["workflow"], indent=2) + "\n")
-            api_path.write_text(json.dumps(built["output"], indent=2) + "\n")
+            twin = browser.declared_inputs_only(built["output"], frontend.version)
+            api_path.write_text(json.dumps(twin, indent=2) + "\n")
             result = browser.exercise_workflow(frontend, ui_path, api_path, WORKFLOWS / f"{spec['name']}.jpg")
             print(f"{spec['name']}: built, re-opened, ran in {result['seconds']:.1f} s")
 

@@ -1,16 +1,20 @@
 """Every shipped workflow, opened as a user does in the real ComfyUI frontend, queued and run to its images.
 
 The real server (main.py, CPU) with this pack in custom_nodes/, random models
-under the workflows' model names, and the frontend pinned by ComfyUI's
-requirements (comfyui-frontend-package); Debian's Chromium through Playwright.
-Per workflow: open the UI file through the UI's file input; no missing node
-types, no dialog or alert; the frontend's graphToPrompt equals the shipped API
-twin; lower steps/size (CPU), queue with the frontend's queuePrompt (the Run
+under the workflows' model names, and each frontend of ``browser.frontends_for``
+(the one ComfyUI's requirements pin; from ComfyUI 0.33 on also the newest of
+.ci/newest-frontend.txt, served with --front-end-root): test ids start with the
+frontend version. Debian's Chromium through Playwright. The page must run the
+expected frontend version. Per workflow: open the UI file through the UI's file
+input; no missing node types, no dialog, toast or error overlay; the frontend
+changed nothing of the file on opening it; its graphToPrompt equals the shipped
+API twin; lower steps/size (CPU), queue with the frontend's queuePrompt (the Run
 button); the server accepts it (no validation error), runs it, and every
 Save/Preview Image node shows its image in the UI; PnP Feature PCA captions
 name the chosen view and layer, read from the bank. The SDXL workflow runs on
 the random SDXL-layout checkpoint under its SDXL checkpoint name. Screenshots
-are kept in $PNP_SCREENSHOTS (default .test-artifacts/screenshots).
+are kept in $PNP_SCREENSHOTS/<frontend version> (default .test-artifacts/screenshots).
+Last per frontend: the page checks do see a missing node type and a toast.
 """
 from __future__ import annotations
 
@@ -26,20 +30,33 @@ import pytest
 import browser
 import extra_models
 import workflow_specs
-from find_comfyui import PACK_ROOT
+from find_comfyui import PACK_ROOT, find_comfyui
 
 WORKFLOWS = PACK_ROOT / "workflows"
 NAMES = [make()["name"] for make in workflow_specs.WORKFLOWS]
 SCREENSHOTS = Path(os.environ.get("PNP_SCREENSHOTS", PACK_ROOT / ".test-artifacts" / "screenshots"))
+try:
+    FRONTENDS = browser.frontends_for(find_comfyui())
+except FileNotFoundError:  # no ComfyUI: the host fixture fails every test and says where it looked
+    FRONTENDS = [browser.FrontendBuild("no-ComfyUI")]
+
+
+@pytest.fixture(scope="module", params=FRONTENDS, ids=[build.version for build in FRONTENDS])
+def frontend_build(request) -> browser.FrontendBuild:
+    build = request.param
+    if build.static is not None and not (build.static / "index.html").is_file():
+        pytest.fail(f"frontend {build.version} (.ci/newest-frontend.txt) is not installed at {build.static}: "
+                    "run bash .ci/setup", pytrace=False)
+    return build
 
 
 @pytest.fixture(scope="module")
-def server(host, models, tmp_path_factory):
+def server(host, models, frontend_build, tmp_path_factory):
     ckpts = {layout: host.checkpoint_dir / models.checkpoint(layout) for layout in set(browser.TEST_LAYOUTS.values())}
     controlnet = host.models_dir / "controlnet" / extra_models.ensure(
         host.models_dir / "controlnet", extra_models.controlnet_name(), extra_models.build_controlnet)
     started = time.monotonic()
-    with browser.server_for_workflows(tmp_path_factory.mktemp("server"), ckpts, controlnet) as srv:
+    with browser.server_for_workflows(tmp_path_factory.mktemp("server"), ckpts, controlnet, frontend_build) as srv:
         print(f"\nComfyUI server ready in {time.monotonic() - started:.1f} s")
         yield srv
 
@@ -49,8 +66,12 @@ def frontend(server):
     started = time.monotonic()
     with browser.chromium() as chromium:
         page = browser.Frontend(chromium, server)
-        print(f"\nfrontend loaded in Chromium in {time.monotonic() - started:.1f} s")
+        print(f"\nfrontend {page.version} loaded in Chromium in {time.monotonic() - started:.1f} s")
         yield page
+
+
+def test_page_runs_the_expected_frontend(frontend, frontend_build):
+    assert frontend.version == frontend_build.version
 
 
 def test_server_lists_the_pack_workflows_as_templates(server):
@@ -58,11 +79,12 @@ def test_server_lists_the_pack_workflows_as_templates(server):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_workflow_opens_queues_and_shows_its_images(host, frontend, name):
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+def test_workflow_opens_queues_and_shows_its_images(host, frontend, frontend_build, name):
+    screenshots = SCREENSHOTS / frontend_build.version
+    screenshots.mkdir(parents=True, exist_ok=True)
     result = browser.exercise_workflow(frontend, WORKFLOWS / f"{name}.json", WORKFLOWS / "api" / f"{name}.json",
-                                       SCREENSHOTS / f"{name}.jpg")
-    print(f"\n{name}: opened, queued, images shown in {result['seconds']:.1f} s")
+                                       screenshots / f"{name}.jpg")
+    print(f"\n{name} in frontend {frontend.version}: opened, queued, images shown in {result['seconds']:.1f} s")
     api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
     frames = {}  # PnP Feature PCA node -> number of steps it shows, from its caption
     for node_id, text in result["texts"].items():
@@ -82,6 +104,19 @@ def test_workflow_opens_queues_and_shows_its_images(host, frontend, name):
             assert (width, height) == (count * browser.FAST_SIZE + (count - 1) * padding, browser.FAST_SIZE), \
                 (node_id, width, height)
             assert "/view?" in src
-    assert (SCREENSHOTS / f"{name}.jpg").stat().st_size > 10_000
+    assert (screenshots / f"{name}.jpg").stat().st_size > 10_000
     page_errors = [e for e in frontend.console_errors if e.startswith("pageerror") and "PnP" in e]
     assert not page_errors, page_errors
+
+
+def test_page_checks_see_a_missing_node_type_and_a_toast(frontend, tmp_path):
+    """The checks above are not blind in this frontend (last: the page keeps what this test opens)."""
+    broken = json.loads((WORKFLOWS / "pnp_real_image.json").read_text())
+    broken["nodes"][0]["type"] = "PnP_NoSuchNode"
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    frontend.open_workflow_file(tmp_path / "broken.json")
+    assert frontend.unknown_node_types() == ["PnP_NoSuchNode"]
+    assert frontend.dialogs(), "no dialog or error overlay for a missing node type"
+    frontend.show_toast("PnP toast check")
+    frontend.page.wait_for_timeout(500)
+    assert any("PnP toast check" in text for text in frontend.dialogs()), frontend.dialogs()

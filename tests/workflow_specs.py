@@ -178,7 +178,10 @@ def controlnet() -> dict:
     nodes += [
         _node(12, "ControlNetLoader", [20, 660], {"control_net_name": CONTROLNET}, size=[330, 60],
               models=[{"name": CONTROLNET, "url": CONTROLNET_URL, "directory": "controlnet"}]),
-        _node(13, "Canny", [20, 780], {"low_threshold": 0.4, "high_threshold": 0.8}, size=[330, 90]),
+        # a title of its own: the default one is the host's display name ("Canny" on ComfyUI 0.3.64, "Detect
+        # Edges (Canny)" on 0.33), which graphToPrompt puts in the API prompt's _meta
+        _node(13, "Canny", [20, 780], {"low_threshold": 0.4, "high_threshold": 0.8}, title="Canny edge detection",
+              size=[330, 90]),
         _node(14, "PreviewImage", [20, 920], title="Canny edges", size=[330, 330]),
         _node(15, "ControlNetApplyAdvanced", [830, 560], {"strength": 0.5, "start_percent": 0.0,
                                                           "end_percent": 1.0}, size=[320, 190]),

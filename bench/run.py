@@ -2,17 +2,17 @@
 
 One command (from the repository root, after ``bash .ci/setup``):
 
-    .venv/bin/python bench/run.py
+    .venvs/comfyui-<version>/bin/python bench/run.py
 
-It boots the real ComfyUI host in CPU mode exactly as the tests do (tests/host.py), builds or reuses the random
+It boots the real ComfyUI host in CPU mode exactly as the tests do (tests/comfy_host.py), builds or reuses the random
 SD1.5 checkpoints (tests/checkpoints.py; cached in $PNP_TEST_CACHE or bench/.cache), and measures side by side in
 one process, interleaving the runs of each repeat:
 
 - UNet batch elements (rows) of every real UNet forward, counted by a pre-hook on ``input_blocks[0][0]``;
 - wall time of ComfyUI's KSampler (ddim, ddim_uniform), PnP DDIM Inversion, PnP Feature Bank (stored, and batched
   recording), PnP Sampler with a stored bank and with an on-the-fly bank, at the same steps, cfg and size;
-- the bank's bytes against the size formula (sum over sites of steps x branches x C x h x w x bytes), its file on
-  disk, and the formula extrapolated to 512x512 SD1.5 and 1024x1024 SDXL;
+- the bank's bytes against the pack's size formula (``layers.bank_nbytes``: sum over sites of steps x branches x
+  per-row elements x bytes), its file on disk, and the formula extrapolated to 512x512 SD1.5 and 1024x1024 SDXL;
 - peak RSS of the process and per phase (above the RSS before the phase).
 
 The report is written to bench/RESULTS.md (``--out``), with the command that produced it.
@@ -31,7 +31,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import gc  # noqa: E402
-import math  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
 import statistics  # noqa: E402
@@ -48,52 +47,15 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 
 import checkpoints  # noqa: E402
-import host as host_module  # noqa: E402
+import comfy_host  # noqa: E402
+import sdxl_bank_size as sizes  # noqa: E402  (bench/ is this script's own folder)
+from harness import encode, run_node  # noqa: E402
 
 CFG = 7.5
 TAU_F, TAU_A = 0.8, 0.5
 OFFICIAL_INVERSION_STEPS = 999  # pnp-diffusers' preprocess.py and the original's "best reconstruction"
 MB = 1e6
 BATCHED = "PnP Feature Bank (stored, default batch_size 0 = auto)"
-
-# Decoder sites at the defaults, as (channels, h, w) per unit of latent size (h = latent_h // div).
-# SD1.5 (blocks 4..11 attention, ResBlock 4): blocks 3-5 at 1/4 of the latent, 6-8 at 1/2, 9-11 at 1/1.
-SD15_SITES = {
-    "resblock": [(1280, 4)],
-    "attention": [(1280, 4), (1280, 4), (640, 2), (640, 2), (640, 2), (320, 1), (320, 1), (320, 1)],
-}
-# SDXL (pnp_hooks/layers.py defaults: ResBlock "1", attention "1-5:0"): blocks 0-2 at 1/4 of the latent with 1280
-# channels (10 transformers each), 3-5 at 1/2 with 640 (2 each), 6-8 without attention.
-SDXL_SITES = {
-    "resblock": [(1280, 4)],
-    "attention": [(1280, 4), (1280, 4), (640, 2), (640, 2), (640, 2)],
-}
-
-
-def formula_bytes(sites: dict, latent_hw: tuple[int, int], feature_steps: int, attention_steps: int,
-                  itemsize: int = 2, branches: int = 1) -> int:
-    """Bank bytes: sum over sites of steps x branches x C x h x w x itemsize."""
-    def site(c, div):
-        return c * (latent_hw[0] // div) * (latent_hw[1] // div)
-    return itemsize * branches * (feature_steps * sum(site(*s) for s in sites["resblock"])
-                                  + attention_steps * sum(site(*s) for s in sites["attention"]))
-
-
-def geometry_from_unet(unet, sites, latent_hw) -> dict:
-    """The same (channels, divisor) table read from a loaded UNet's modules, for the bank's sites."""
-    levels = len(unet.channel_mult) - 1
-    out = {"resblock": [], "attention": []}
-    for kind, keys in (("resblock", [(b, None) for b in sites.resblocks]), ("attention", list(sites.attention))):
-        for b, j in keys:
-            ups = sum(1 for k in range(b) if type(unet.output_blocks[k][-1]).__name__ == "Upsample")
-            div = 2 ** (levels - ups)
-            if kind == "resblock":
-                c = unet.output_blocks[b][0].out_layers[-1].out_channels
-            else:
-                c = unet.output_blocks[b][1].transformer_blocks[j].attn1.to_q.in_features
-            out[kind].append((c, div))
-    return out
-
 
 class RSSMonitor:
     """Samples the process RSS every few milliseconds; ``peak`` since ``reset``."""
@@ -160,24 +122,18 @@ class Bench:
     """One checkpoint layout at one size: every phase measured the same way."""
 
     def __init__(self, host, layout: str, size: int, steps: int, monitor: RSSMonitor, work: Path):
-        import nodes
-
         self.layout, self.size, self.steps = layout, size, steps
         self.monitor = monitor
         self.work = work
-        self.N = nodes.NODE_CLASS_MAPPINGS
         name = checkpoints.ensure_checkpoint(layout, host.checkpoint_dir)
-        self.model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(name)[:3]
-        encode = nodes.CLIPTextEncode().encode
-        self.empty = encode(clip, "")[0]
-        self.prompts = [encode(clip, "a watercolor painting of a cat")[0],
-                        encode(clip, "a bronze statue of a dog")[0]]
-        self.negative = encode(clip, "ugly, blurry, black, low res, unrealistic")[0]
+        self.model, clip, vae = run_node("CheckpointLoaderSimple", ckpt_name=name)[:3]
+        self.empty = encode(clip, "")
+        self.prompts = [encode(clip, "a watercolor painting of a cat"), encode(clip, "a bronze statue of a dog")]
+        self.negative = encode(clip, "ugly, blurry, black, low res, unrealistic")
         yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
         disc = ((xx ** 2 + yy ** 2) < 0.45).float()
         image = torch.stack([0.2 + 0.7 * disc, 0.35 - 0.1 * disc, 0.8 - 0.6 * disc], dim=-1)[None]
-        with torch.inference_mode():
-            self.latent = nodes.VAEEncode().encode(vae, image)[0]
+        self.latent = run_node("VAEEncode", pixels=image, vae=vae)[0]
         self.phases: dict[str, Phase] = {}
         self.rows: list[int] = []
         unet = self.model.model.diffusion_model
@@ -193,34 +149,30 @@ class Bench:
         self.phases.setdefault(name, Phase()).add(seconds, cpu, list(self.rows), self.monitor.peak - before)
         return out
 
-    # --- the nodes, called as ComfyUI's executor calls them
-    def ksampler(self):
-        import nodes
-
-        return nodes.KSampler().sample(self.model, 1, self.steps, CFG, "ddim", "ddim_uniform", self.prompts[0],
-                                       self.negative, self.latent, denoise=1.0)[0]
+    # --- the nodes, called by keyword with their declared defaults (tests/harness.py)
+    def ksampler(self, steps: int | None = None):
+        return run_node("KSampler", model=self.model, seed=1, steps=steps or self.steps, cfg=CFG, sampler_name="ddim",
+                        scheduler="ddim_uniform", positive=self.prompts[0], negative=self.negative,
+                        latent_image=self.latent)[0]
 
     def invert(self, inversion_steps: int = 0):
-        return self.N["PnP_DDIMInversion"].execute(self.model, self.latent, self.empty, self.steps,
-                                                   inversion_steps).args[0]
+        return run_node("PnP_DDIMInversion", model=self.model, latent=self.latent, conditioning=self.empty,
+                        steps=self.steps, inversion_steps=inversion_steps)[0]
 
     def bank(self, inversion, mode: str, batch_size: int = 1, dtype: str = "fp16"):
-        return self.N["PnP_FeatureBank"].execute(self.model, inversion, self.empty, "auto", "auto", TAU_F, TAU_A,
-                                                 dtype, batch_size, mode).args[0]
+        return run_node("PnP_FeatureBank", model=self.model, inversion=inversion, conditioning=self.empty,
+                        feature_injection=TAU_F, attention_injection=TAU_A, bank_dtype=dtype, batch_size=batch_size,
+                        mode=mode)[0]
 
     def sample(self, bank, prompt: int = 0):
-        return self.N["PnP_Sampler"].execute(self.model, self.prompts[prompt], self.negative, bank, CFG, TAU_F, TAU_A,
-                                             0, "pnp-diffusers", "official").args[0]
+        return run_node("PnP_Sampler", model=self.model, positive=self.prompts[prompt], negative=self.negative,
+                        features=bank, cfg=CFG, feature_injection=TAU_F, attention_injection=TAU_A)[0]
 
     def warm_up(self):
         """Load the model, and make the banks the first repeat's samplers use (later repeats use their own)."""
-        with torch.inference_mode():
-            import nodes
-
-            nodes.KSampler().sample(self.model, 1, 2, CFG, "ddim", "ddim_uniform", self.prompts[0], self.negative,
-                                    self.latent, denoise=1.0)
-            inversion = self.invert()
-            self.stored, self.live = self.bank(inversion, "stored", 1), self.bank(inversion, "on the fly")
+        self.ksampler(steps=2)
+        inversion = self.invert()
+        self.stored, self.live = self.bank(inversion, "stored", 1), self.bank(inversion, "on the fly")
 
     def repeat(self, index: int, batch_size: int = 0):
         """One of each phase; the samplers run next to the KSampler they are compared with, before it in odd
@@ -240,19 +192,19 @@ class Bench:
             self.run("PnP Sampler (stored bank), 2nd prompt", lambda: self.sample(stored, 1))
             self.run("PnP Sampler (on the fly), 2nd prompt", lambda: self.sample(live, 1))
 
-    def memory(self, bank_module, bank_file_module) -> dict:
+    def memory(self, host) -> dict:
+        """The stored bank's bytes against the pack's formula on the loaded UNet's layout, and on disk."""
         bank = self.stored
-        unet = self.model.model.diffusion_model
+        layers, patcher, bank_file = (host.pack_module(f"pnp_hooks.{m}") for m in ("layers", "patcher", "bank_file"))
         h, w = self.latent["samples"].shape[-2:]
-        table = geometry_from_unet(unet, bank.sites, (h, w))
-        formula = formula_bytes(table, (h, w), bank.feature_steps, bank.attention_steps,
-                                bank.storage_dtype.itemsize, len(bank.branches))
+        formula = layers.bank_nbytes(patcher.model_facts(self.model).layout, bank.sites, (h, w), bank.feature_steps,
+                                     bank.attention_steps, len(bank.branches), bank.storage_dtype.itemsize)
         path = self.work / f"{self.layout}_{self.size}.safetensors"
-        disk = bank_file_module.write_bank(bank, path)
+        disk = bank_file.write_bank(bank, path, path.name)
         path.unlink()
         return {"measured": bank.nbytes, "formula": formula, "latent": (h, w), "disk": disk,
-                "trajectory": bank.trajectory_nbytes,
-                "table": table, "feature_steps": bank.feature_steps, "attention_steps": bank.attention_steps}
+                "trajectory": bank.trajectory_nbytes, "feature_steps": bank.feature_steps,
+                "attention_steps": bank.attention_steps}
 
 
 def run_spec(text: str) -> tuple[str, int, int | None]:
@@ -291,9 +243,7 @@ def main() -> None:
 
     cache = Path(os.environ.get("PNP_TEST_CACHE", ROOT / "bench" / ".cache"))
     work = Path(tempfile.mkdtemp(prefix="pnp-bench-"))
-    host = host_module.boot(work, cache / "checkpoints")
-    bank_module = host.pack_module("pnp_hooks.bank")
-    bank_file_module = host.pack_module("pnp_hooks.bank_file")
+    host = comfy_host.boot(work, cache / "checkpoints")
     import comfy.model_management
     import comfyui_version  # ComfyUI's own version file
 
@@ -313,7 +263,7 @@ def main() -> None:
             bench.run(f"Official inversion ({OFFICIAL_INVERSION_STEPS} steps)",
                       lambda: bench.invert(OFFICIAL_INVERSION_STEPS))
             print(f"[{time.time() - started:7.1f} s] {label}: official inversion done", flush=True)
-        memory = bench.memory(bank_module, bank_file_module)
+        memory = bench.memory(host)
         memory["rss_peak"] = monitor.highest
         results[label] = (bench.phases, memory)
         del bench
@@ -498,26 +448,26 @@ def render(args, command: str, results: dict, peak_rss: int, comfy_version: str,
         lines.append(f"| {layout} | 4x{mem['latent'][0]}x{mem['latent'][1]} | {mem['measured']} | {mem['formula']} | "
                      f"{'yes' if mem['measured'] == mem['formula'] else '**NO**'} | {mem['disk']} "
                      f"(trajectory {mem['trajectory']}) |")
-    for layout, (_, mem) in results.items():
-        if layout.startswith("sd15 "):
-            same = SD15_SITES == mem["table"]
-            lines += ["", f"The full SD1.5 UNet's site table read from its modules "
-                          f"{'matches' if same else 'DIFFERS FROM'} the table used for the extrapolation below."]
     lines += [
         "",
-        "Extrapolated with the formula (fp16, 1 source branch; MB = 10^6 bytes):",
+        "Extrapolated with the formula on the real UNets' layouts (ComfyUI's UNetModel on the meta device, "
+        "bench/sdxl_bank_size.py; fp16, 1 source branch; MB = 10^6 bytes):",
         "",
         "| model, size | sites | bank, defaults (int(N*tau)+1 steps) | int(N*tau) steps | fp32, defaults | "
         "on the fly |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    for label, sites, lat, desc in (("SD1.5, 512x512", SD15_SITES, 64, "ResBlock 4, attention 4-11"),
-                                    ("SDXL, 1024x1024", SDXL_SITES, 128, "ResBlock 1, attention 1-5:0")):
-        a = formula_bytes(sites, (lat, lat), fs, as_)
-        b = formula_bytes(sites, (lat, lat), int(n * TAU_F), int(n * TAU_A))
-        c = formula_bytes(sites, (lat, lat), fs, as_, itemsize=4)
-        lines.append(f"| {label} | {desc} | **{a / MB:.1f} MB** | {b / MB:.1f} MB | {c / MB:.1f} MB | 0 |")
-    sd15 = formula_bytes(SD15_SITES, (64, 64), fs, as_)
+    extrapolated = {}
+    for label, config, lat, family in (("SD1.5, 512x512", sizes.SD15, 64, "SD15"),
+                                       ("SDXL, 1024x1024", sizes.SDXL_BASE, 128, "SDXL")):
+        res, attn = sizes.pnp_hooks("layers").DEFAULTS[family]
+        a = sizes.bank_bytes(config, (lat, lat), res, attn, steps=n)["bytes"]
+        b = sizes.bank_bytes(config, (lat, lat), res, attn, recorded=(int(n * TAU_F), int(n * TAU_A)))["bytes"]
+        c = sizes.bank_bytes(config, (lat, lat), res, attn, steps=n, bytes_per_value=4)["bytes"]
+        extrapolated[label] = a
+        lines.append(f"| {label} | ResBlock {res}, attention {attn} | **{a / MB:.1f} MB** | {b / MB:.1f} MB | "
+                     f"{c / MB:.1f} MB | 0 |")
+    sd15 = extrapolated["SD1.5, 512x512"]
     lines += [
         "",
         f"Target <= 700 MB at 512x512 SD1.5 in bank mode: **{'met' if sd15 <= 700 * MB else 'NOT met'}** "

@@ -1,22 +1,14 @@
 """Feature-bank size from the UNet's shapes: SDXL base at 1024x1024 (and SD1.5 at 512x512 beside it).
 
 A bank holds, per recorded step and branch (1 for a real image, 2 for a
-generated one recorded under CFG):
-- per ResBlock site b: the residual branch of ``output_blocks[b][0]``,
-  C_b x h_b x w_b values;
-- per attention site (b, j): the attn1 input of that transformer,
-  h_b*w_b x C_b values;
-where C_b = model_channels * channel_mult[level] and h_b = ceil(H / 2^level)
-for the decoder level of block b (``num_res_blocks + 1`` blocks per level,
-lowest resolution first). ResBlock sites are kept for
-``int(steps * feature_injection) + 1`` leading steps and attention sites for
-``int(steps * attention_injection) + 1`` (the bank records enough for either
-threshold convention).
-
-``bank_bytes`` is the formula (pure Python); ``decoder_shapes_meta`` runs the
-real ComfyUI UNet on PyTorch's meta device (no memory, no weights) and reads
-the shapes at the sites, which the tests compare with the formula; the
-tests also compare the formula with the bytes of a recorded bank.
+generated one recorded under CFG), C x h x w values per ResBlock site and
+h*w x C per attention site, for the leading steps either threshold convention
+may inject (``schedule.recorded_steps``). The formula is the pack's own
+(``layers.bank_nbytes``); here it is applied to the real SDXL base and SD1.5
+UNets, whose decoder layouts are read (``layers.decoder_layout``) from
+ComfyUI's ``UNetModel`` built on PyTorch's meta device (no memory, no
+weights). ``decoder_shapes_meta`` also runs that UNet on the meta device and
+reads the shapes at the sites, which the tests compare with the layout's.
 
 Run ``python bench/sdxl_bank_size.py`` (ComfyUI found as the tests find it)
 to print the figures.
@@ -24,16 +16,10 @@ to print the figures.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
-if str(PACK_ROOT) not in sys.path:
-    sys.path.insert(0, str(PACK_ROOT))
-
-from pnp_hooks.layers import DEFAULTS, UNetLayout, resolve_sites  # noqa: E402
-from pnp_hooks.schedule import injection_step_count  # noqa: E402
 
 # The SDXL base UNet (stabilityai/stable-diffusion-xl-base-1.0) as ComfyUI builds it.
 SDXL_BASE = {
@@ -49,51 +35,19 @@ SD15 = {
 }
 
 
-def decoder_blocks(unet_config: dict, latent_hw: tuple[int, int]) -> list[dict]:
-    """Per output block: channels, (h, w) and transformer depth, from the config alone."""
-    mults, res_blocks = unet_config["channel_mult"], unet_config["num_res_blocks"]
-    depths = list(reversed(unet_config["transformer_depth_output"]))  # ComfyUI pops the list: block 0 is last
-    blocks = []
-    for level in reversed(range(len(mults))):
-        h, w = latent_hw
-        for _ in range(level):
-            h, w = math.ceil(h / 2), math.ceil(w / 2)
-        for _ in range(res_blocks[level] + 1):
-            blocks.append({"channels": unet_config["model_channels"] * mults[level], "hw": (h, w),
-                           "transformer_depth": depths[len(blocks)]})
-    return blocks
+def pnp_hooks(module: str):
+    """A pure module of the pack (tests/pure.py: imported without putting the pack root on sys.path)."""
+    if str(PACK_ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(PACK_ROOT / "tests"))
+    from pure import pure
+
+    return pure(module)
 
 
-def layout_of(unet_config: dict) -> UNetLayout:
-    blocks = decoder_blocks(unet_config, (64, 64))
-    return UNetLayout((True,) * len(blocks), tuple(b["transformer_depth"] for b in blocks))
-
-
-def bank_bytes(unet_config: dict, latent_hw: tuple[int, int], resblock_spec: str, attention_spec: str,
-               steps: int = 50, feature_injection: float = 0.8, attention_injection: float = 0.5,
-               branches: int = 1, bytes_per_value: int = 2) -> dict:
-    """Bytes of a bank with these sites and thresholds; also the per-step element counts."""
-    sites = resolve_sites(resblock_spec, attention_spec, layout_of(unet_config))
-    blocks = decoder_blocks(unet_config, latent_hw)
-    feature_steps = injection_step_count(steps, feature_injection, "original") if feature_injection else 0
-    attention_steps = injection_step_count(steps, attention_injection, "original") if attention_injection else 0
-    res_per_step = sum(blocks[b]["channels"] * math.prod(blocks[b]["hw"]) for b in sites.resblocks)
-    attn_per_step = sum(blocks[b]["channels"] * math.prod(blocks[b]["hw"]) for b, _ in sites.attention)
-    total = branches * bytes_per_value * (feature_steps * res_per_step + attention_steps * attn_per_step)
-    return {"bytes": total, "feature_steps": feature_steps, "attention_steps": attention_steps,
-            "resblock_values_per_step": res_per_step, "attention_values_per_step": attn_per_step,
-            "sites": sites.describe()}
-
-
-def decoder_shapes_meta(unet_config: dict, latent_hw: tuple[int, int]) -> dict:
-    """Shapes at every decoder site from a forward pass of ComfyUI's UNet on the meta device.
-
-    Returns {("resblock", b): (C, h, w), ("attention", b, j): (tokens, C)}. Needs ComfyUI
-    importable (CPU mode set by the caller).
-    """
+def meta_unet(unet_config: dict):
+    """ComfyUI's UNetModel for ``unet_config`` on the meta device (needs ComfyUI importable)."""
     import torch
 
-    import comfy.ldm.modules.attention as attention
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
@@ -103,7 +57,36 @@ def decoder_shapes_meta(unet_config: dict, latent_hw: tuple[int, int]) -> dict:
     if config["adm_in_channels"]:
         config["num_classes"] = "sequential"
     with torch.device("meta"):
-        unet = UNetModel(**config, dtype=torch.float32, operations=comfy.ops.disable_weight_init)
+        return UNetModel(**config, dtype=torch.float32, operations=comfy.ops.disable_weight_init)
+
+
+def bank_bytes(unet_config: dict, latent_hw: tuple[int, int], resblock_spec: str, attention_spec: str,
+               steps: int = 50, feature_injection: float = 0.8, attention_injection: float = 0.5,
+               branches: int = 1, bytes_per_value: int = 2, recorded: tuple[int, int] | None = None) -> dict:
+    """Bytes of a bank with these sites and thresholds (the pack's formula on the real layout).
+
+    ``recorded``: (ResBlock steps, attention steps) instead of what the thresholds make a bank record.
+    """
+    layers, schedule = pnp_hooks("layers"), pnp_hooks("schedule")
+    layout = layers.decoder_layout(meta_unet(unet_config))
+    sites = layers.resolve_sites(resblock_spec, attention_spec, layout)
+    feature_steps, attention_steps = recorded or schedule.recorded_steps(steps, feature_injection,
+                                                                         attention_injection)
+    total = layers.bank_nbytes(layout, sites, latent_hw, feature_steps, attention_steps, branches, bytes_per_value)
+    return {"bytes": total, "feature_steps": feature_steps, "attention_steps": attention_steps,
+            "sites": sites.describe()}
+
+
+def decoder_shapes_meta(unet_config: dict, latent_hw: tuple[int, int]) -> dict:
+    """Shapes at every decoder site from a forward pass of ComfyUI's UNet on the meta device.
+
+    Returns {("resblock", b): (C, h, w), ("attention", b, j): (tokens, C)}.
+    """
+    import torch
+
+    import comfy.ldm.modules.attention as attention
+
+    unet = meta_unet(unet_config)
     shapes = {}
     for b, block in enumerate(unet.output_blocks):
         block[0].out_layers.register_forward_hook(
@@ -117,20 +100,22 @@ def decoder_shapes_meta(unet_config: dict, latent_hw: tuple[int, int]) -> dict:
         return attention.attention_pytorch(*args, **kwargs)
 
     meta = {"device": "meta"}
-    y = torch.empty(1, config["adm_in_channels"], **meta) if config["adm_in_channels"] else None
+    adm = unet_config["adm_in_channels"]
     with torch.no_grad():
         unet(torch.empty(1, 4, *latent_hw, **meta), torch.empty(1, **meta),
-             torch.empty(1, 77, config["context_dim"], **meta), y=y,
+             torch.empty(1, 77, unet_config["context_dim"], **meta),
+             y=torch.empty(1, adm, **meta) if adm else None,
              transformer_options={"optimized_attention_override": plain_attention})
     return shapes
 
 
 def figures() -> dict:
     """The README/benchmark figures: default-site banks, 50 steps, tau_f 0.8, tau_A 0.5, fp16 and fp32."""
+    defaults = pnp_hooks("layers").DEFAULTS
     out = {}
     for name, config, latent, family in (("SDXL base, 1024x1024", SDXL_BASE, (128, 128), "SDXL"),
                                          ("SD1.5, 512x512", SD15, (64, 64), "SD15")):
-        res, attn = DEFAULTS[family]
+        res, attn = defaults[family]
         fp16 = bank_bytes(config, latent, res, attn)
         out[name] = {**fp16, "MiB_fp16": round(fp16["bytes"] / 2 ** 20, 1),
                      "MiB_fp32": round(bank_bytes(config, latent, res, attn, bytes_per_value=4)["bytes"] / 2 ** 20, 1),
@@ -143,4 +128,13 @@ def figures() -> dict:
 
 
 if __name__ == "__main__":
+    import torch
+
+    sys.path.insert(0, str(PACK_ROOT / "tests"))
+    from find_comfyui import find_comfyui
+
+    sys.path.insert(0, str(find_comfyui()))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = not torch.cuda.is_available()  # before comfy.model_management is imported
     print(json.dumps(figures(), indent=2))

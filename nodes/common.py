@@ -1,13 +1,20 @@
-"""Inputs shared by the nodes that record a feature bank."""
+"""What the nodes share: the bank-recording inputs, and the checks of what a user typed.
+
+Checks that need no model run twice: at queue time (each node's
+``validate_inputs``, so a typo is refused before a minutes-long inversion) and
+when the node runs (a value may also arrive through a link).
+"""
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from comfy_api.v0_0_2 import io
 
-from ..pnp_hooks.layers import DEFAULTS, LayerSites, resolve_sites
+from ..pnp_hooks.errors import PnPInputError, require_finite
+from ..pnp_hooks.layers import DEFAULTS, LayerSites, check_spec, resolve_sites
 from ..pnp_hooks.patcher import ModelFacts
-from ..pnp_hooks.schedule import injection_step_count
 
 BANK_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
@@ -40,7 +47,31 @@ def resolve_layers(facts: ModelFacts, resblock_layers: str, attention_layers: st
     return resolve_sites(res, attn, facts.layout)
 
 
-def recorded_steps(steps: int, feature_injection: float, attention_injection: float) -> tuple[int, int]:
-    """Leading steps to record for the largest thresholds (either convention)."""
-    return (injection_step_count(steps, feature_injection, "original") if feature_injection else 0,
-            injection_step_count(steps, attention_injection, "original") if attention_injection else 0)
+LAYER_TEXT_CHECKS: dict[str, Callable[[str], None]] = {
+    "resblock_layers": lambda text: check_spec(text, "resblock_layers", attention=False),
+    "attention_layers": lambda text: check_spec(text, "attention_layers", attention=True),
+}
+
+
+def check_inputs(inputs: list, values: dict, text_checks: dict[str, Callable] | None = None) -> None:
+    """Every Float input of ``inputs`` (a node's declared inputs) finite and within its declared range; each
+    text input its check accepts. ``values``: the inputs by name (linked ones may be missing or None at
+    queue time). The declared inputs come from the node module, not its schema: ComfyUI runs validate_inputs
+    on a locked copy of the class, whose schema cannot be built."""
+    for item in inputs:
+        value = values.get(item.id)
+        if value is None:
+            continue
+        if isinstance(item, io.Float.Input):
+            require_finite(item.id, value, item.min, item.max)
+        elif text_checks and item.id in text_checks:
+            text_checks[item.id](value)
+
+
+def queue_time_check(inputs: list, values: dict, text_checks: dict[str, Callable] | None = None):
+    """``check_inputs`` as ComfyUI's validate_inputs wants it: True, or the message."""
+    try:
+        check_inputs(inputs, values, text_checks)
+    except PnPInputError as exc:
+        return str(exc)
+    return True

@@ -7,10 +7,45 @@ from comfy_api.v0_0_2 import io
 
 from ..pnp_hooks import patcher, sampling
 from ..pnp_hooks.bank import BANK_MODES
-from .common import BANK_DTYPES, layer_inputs, recorded_steps, resolve_layers
+from ..pnp_hooks.schedule import recorded_steps
+from .common import BANK_DTYPES, LAYER_TEXT_CHECKS, check_inputs, layer_inputs, queue_time_check, resolve_layers
 from .types import CATEGORY, PnPFeatures, PnPInversion
 
 log = logging.getLogger("comfyui_pnp")
+
+
+def _bank_inputs() -> list:
+    """The node's inputs (also what ``check_inputs`` reads: validate_inputs must not touch the schema)."""
+    return [
+        io.Model.Input("model", tooltip="The same model as the inversion."),
+        PnPInversion.Input("inversion", tooltip="From PnP DDIM Inversion."),
+        io.Conditioning.Input("conditioning", tooltip="Source-branch prompt. The paper uses \"\"."),
+        *layer_inputs(),
+        io.Int.Input("batch_size", default=0, min=0, max=64, tooltip=(
+            "Timesteps evaluated per UNet call while recording; the bank is the same for any value (up to fp32 "
+            "rounding). 0 = auto: by image size, 16 at 64 px, 4 at 128 px, 1 from 256 px up (so Cancel waits for "
+            "one timestep at most), within ComfyUI's memory estimate.")),
+        io.Combo.Input("mode", options=list(BANK_MODES), default=BANK_MODES[0], optional=True, tooltip=(
+            "stored: record the source tensors now (fp16: ~370 MB at 512x512 SD1.5) and sample at the "
+            "cost of a plain KSampler. on the fly: store nothing; PnP Sampler runs the source pass of each "
+            "injecting step in its own UNet call (1.5x the sampling work while injecting).")),
+    ]
+
+
+def _guidance_inputs() -> list:
+    """The node's inputs (also what ``check_inputs`` reads: validate_inputs must not touch the schema)."""
+    return [
+        io.Model.Input("model", tooltip="The model used by every PnP node of this graph."),
+        io.Conditioning.Input("positive", tooltip="The guidance image's prompt (the source prompt)."),
+        io.Conditioning.Input("negative", tooltip="Its negative prompt (usually \"\")."),
+        io.Latent.Input("latent", tooltip="An Empty Latent Image that sets the size (one image)."),
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                     tooltip="Seed of the guidance image's starting noise."),
+        io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps. Paper: 50."),
+        io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                       tooltip="CFG scale of the guidance image. The original code's example: 5."),
+        *layer_inputs(),
+    ]
 
 
 class PnPFeatureBank(io.ComfyNode):
@@ -24,30 +59,23 @@ class PnPFeatureBank(io.ComfyNode):
                 "Records the guidance image's ResBlock features and self-attention inputs from "
                 "UNet(z_t, t, source prompt) at every sampling timestep of the inversion. The bank is "
                 "reused by any number of PnP Samplers (one per target prompt) without recording again."),
-            inputs=[
-                io.Model.Input("model", tooltip="The same model as the inversion."),
-                PnPInversion.Input("inversion", tooltip="From PnP DDIM Inversion."),
-                io.Conditioning.Input("conditioning", tooltip="Source-branch prompt. The paper uses \"\"."),
-                *layer_inputs(),
-                io.Int.Input("batch_size", default=0, min=0, max=64, tooltip=(
-                    "Timesteps evaluated per UNet call while recording; the bank is the same for any value. "
-                    "0 = auto: as many as ComfyUI's memory estimate allows, up to 16.")),
-                io.Combo.Input("mode", options=list(BANK_MODES), default=BANK_MODES[0], optional=True, tooltip=(
-                    "stored: record the source tensors now (fp16: ~370 MB at 512x512 SD1.5) and sample at the "
-                    "cost of a plain KSampler. on the fly: store nothing; PnP Sampler runs the source pass in its "
-                    "own batch (pnp-diffusers' [source, uncond, cond]), ~1.5x the sampling time while injecting.")),
-            ],
+            inputs=_bank_inputs(),
             outputs=[PnPFeatures.Output("features", tooltip="The feature bank for PnP Sampler.")],
         )
 
     @classmethod
+    def validate_inputs(cls, **values):
+        return queue_time_check(_bank_inputs(), values, LAYER_TEXT_CHECKS)
+
+    @classmethod
     def execute(cls, model, inversion, conditioning, resblock_layers, attention_layers, feature_injection,
                 attention_injection, bank_dtype, batch_size, mode=BANK_MODES[0]) -> io.NodeOutput:
+        check_inputs(_bank_inputs(), locals(), LAYER_TEXT_CHECKS)  # locals(): the inputs, by name
         facts = patcher.model_facts(model)
         sites = resolve_layers(facts, resblock_layers, attention_layers)
         feature_steps, attention_steps = recorded_steps(inversion.steps, feature_injection, attention_injection)
         bank = sampling.record_bank(model, inversion, conditioning, sites, feature_steps, attention_steps,
-                                    BANK_DTYPES[bank_dtype], batch_size, on_the_fly=mode == BANK_MODES[1])
+                                    BANK_DTYPES[bank_dtype], batch_size, mode)
         log.info("PnP feature bank: %s", bank.describe())
         return io.NodeOutput(bank)
 
@@ -63,18 +91,7 @@ class PnPGenerateGuidance(io.ComfyNode):
                 "The paper's generated-guidance mode: samples a guidance image from a prompt and seed "
                 "(deterministic DDIM with CFG) and records the feature bank during that generation, so it can "
                 "be translated without inverting it."),
-            inputs=[
-                io.Model.Input("model", tooltip="The model used by every PnP node of this graph."),
-                io.Conditioning.Input("positive", tooltip="The guidance image's prompt (the source prompt)."),
-                io.Conditioning.Input("negative", tooltip="Its negative prompt (usually \"\")."),
-                io.Latent.Input("latent", tooltip="An Empty Latent Image that sets the size (one image)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the guidance image's starting noise."),
-                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps. Paper: 50."),
-                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="CFG scale of the guidance image. The original code's example: 5."),
-                *layer_inputs(),
-            ],
+            inputs=_guidance_inputs(),
             outputs=[
                 PnPFeatures.Output("features", tooltip="The feature bank for PnP Sampler."),
                 io.Latent.Output("guidance_latent", tooltip="The generated guidance image (decode it to see it)."),
@@ -82,8 +99,13 @@ class PnPGenerateGuidance(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, **values):
+        return queue_time_check(_guidance_inputs(), values, LAYER_TEXT_CHECKS)
+
+    @classmethod
     def execute(cls, model, positive, negative, latent, seed, steps, cfg, resblock_layers, attention_layers,
                 feature_injection, attention_injection, bank_dtype) -> io.NodeOutput:
+        check_inputs(_guidance_inputs(), locals(), LAYER_TEXT_CHECKS)  # locals(): the inputs, by name
         facts = patcher.model_facts(model)
         sites = resolve_layers(facts, resblock_layers, attention_layers)
         feature_steps, attention_steps = recorded_steps(steps, feature_injection, attention_injection)

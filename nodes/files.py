@@ -60,12 +60,22 @@ class PnPSaveFeatures(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, filename_prefix):
+        if filename_prefix is None:  # linked: checked when the node runs
+            return True
+        try:
+            bank_file.check_name(filename_prefix.removesuffix(bank_file.EXTENSION), "file name")
+        except PnPInputError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
     def execute(cls, features, filename_prefix, overwrite) -> io.NodeOutput:
         register_bank_folder()
         folder = folder_paths.get_folder_paths(BANK_FOLDER)[0]
         path = bank_file.save_path(folder, filename_prefix, overwrite)
-        size = bank_file.write_bank(features, path)
         name = os.path.relpath(path, folder).replace(os.sep, "/")
+        size = bank_file.write_bank(features, path, name)
         log.info("PnP feature bank saved to %s: %d bytes on disk (%d bytes of features); %s", path, size,
                  features.nbytes, features.describe())
         return io.NodeOutput(name, ui=ui.PreviewText(f"{name}: {size} bytes"))
@@ -118,7 +128,7 @@ class PnPLoadFeatures(io.ComfyNode):
         path = _bank_path(bank_name)
         facts = patcher.model_facts(model)
         latent_shape = None if latent is None else tuple(latent["samples"].shape[1:])
-        bank, meta = bank_file.read_bank(path, comfy.model_management.intermediate_device(), facts.identity,
-                                         latent_shape)
+        bank, meta = bank_file.read_bank(path, bank_name, comfy.model_management.intermediate_device(),
+                                         facts.identity, facts.layout, latent_shape)
         log.info("PnP feature bank loaded from %s (pack %s): %s", path, meta.get("pack_version"), bank.describe())
         return io.NodeOutput(bank, bank.trajectory)

@@ -7,7 +7,57 @@ from ..pnp_hooks import sampling
 from ..pnp_hooks.bank import check_steps
 from ..pnp_hooks.masks import injection_weight_map
 from ..pnp_hooks.schedule import NEGATIVE_SCHEDULES, THRESHOLD_CONVENTIONS, InjectionPlan, negative_prompt_alphas
+from .common import check_inputs, queue_time_check
 from .types import CATEGORY, PnPFeatures
+
+
+def _sampler_inputs() -> list:
+    """The node's inputs (also what ``check_inputs`` reads: validate_inputs must not touch the schema)."""
+    return [
+        io.Model.Input("model", tooltip="The same model the bank was recorded with (LoRAs may be added)."),
+        io.Conditioning.Input("positive", tooltip="The target prompt (ControlNet may be applied to it)."),
+        io.Conditioning.Input("negative", tooltip=(
+            "The unconditional branch. pnp-diffusers uses \"ugly, blurry, black, low res, unrealistic\".")),
+        PnPFeatures.Input("features", tooltip="From PnP Feature Bank or PnP Generate Guidance."),
+        io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=(
+            "Classifier-free guidance scale. pnp-diffusers: 7.5; the original's real-image config: 10.")),
+        io.Float.Input("feature_injection", default=0.8, min=0.0, max=1.0, step=0.01, tooltip=(
+            "tau_f: inject ResBlock features during this leading fraction of the steps. Higher keeps "
+            "more of the guidance structure. Paper: 0.8.")),
+        io.Float.Input("attention_injection", default=0.5, min=0.0, max=1.0, step=0.01, tooltip=(
+            "tau_A: inject self-attention q/k during this leading fraction of the steps. Paper: 0.5.")),
+        io.Int.Input("steps", default=0, min=0, max=1000, tooltip=(
+            "0 = the bank's step count. Any other value must equal it (a check for wired graphs).")),
+        io.Combo.Input("threshold_convention", options=list(THRESHOLD_CONVENTIONS),
+                       default="pnp-diffusers", tooltip=(
+            "pnp-diffusers injects while step < int(steps * tau); the original code while "
+            "step <= int(steps * tau), one step more.")),
+        io.Combo.Input("final_step", options=list(sampling.FINAL_STEPS), default="official", tooltip=(
+            "official: the last DDIM step ends at alpha_bar(t=0), as both official codes; comfyui: it "
+            "ends at sigma 0 (the clean prediction), as ComfyUI's samplers.")),
+        io.Conditioning.Input("negative_prompt", optional=True, tooltip=(
+            "The original paper's negative prompting: a description of the guidance image, pushed away "
+            "from. Helps most for textureless guidance (silhouettes, sketches).")),
+        io.Float.Input("negative_alpha", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
+                       tooltip=("Weight of the plain uncond against the negative prompt at the first "
+                                "step (lower = stronger negative prompting).")),
+        io.Combo.Input("negative_schedule", options=list(NEGATIVE_SCHEDULES), default="linear",
+                       optional=True, tooltip=(
+            "How negative_alpha moves over the steps: linear (to 0), constant, exp(-6t). "
+            "alpha 1 with constant disables negative prompting.")),
+        io.Mask.Input("mask", optional=True, tooltip=(
+            "Where to inject (1) and where not (0), e.g. the subject from a SAM node, Load Image's "
+            "alpha or a painted mask: the subject keeps the guidance structure, the background follows "
+            "the prompt. One mask, the guidance image's size (or its latent size); resized to each "
+            "injected layer.")),
+        io.Float.Input("injection_strength", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
+                       tooltip=("Blend between the target's own tensors (0) and the guidance image's "
+                                "(1 = the paper's replacement) at the injected layers and steps.")),
+        io.Float.Input("outside_mask_strength", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                       tooltip=("Injection weight outside the mask, relative to inside (0 = no "
+                                "injection outside, 1 = the mask has no effect). Used only when a mask "
+                                "is connected.")),
+    ]
 
 
 class PnPSampler(io.ComfyNode):
@@ -21,59 +71,20 @@ class PnPSampler(io.ComfyNode):
                 "Plug-and-Play translation: deterministic DDIM from the bank's x_T on the bank's timesteps, "
                 "replacing the target's ResBlock features and self-attention q/k by the guidance image's in "
                 "every guidance branch while the step is below the thresholds."),
-            inputs=[
-                io.Model.Input("model", tooltip="The same model the bank was recorded with (LoRAs may be added)."),
-                io.Conditioning.Input("positive", tooltip="The target prompt (ControlNet may be applied to it)."),
-                io.Conditioning.Input("negative", tooltip=(
-                    "The unconditional branch. pnp-diffusers uses \"ugly, blurry, black, low res, unrealistic\".")),
-                PnPFeatures.Input("features", tooltip="From PnP Feature Bank or PnP Generate Guidance."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=(
-                    "Classifier-free guidance scale. pnp-diffusers: 7.5; the original's real-image config: 10.")),
-                io.Float.Input("feature_injection", default=0.8, min=0.0, max=1.0, step=0.01, tooltip=(
-                    "tau_f: inject ResBlock features during this leading fraction of the steps. Higher keeps "
-                    "more of the guidance structure. Paper: 0.8.")),
-                io.Float.Input("attention_injection", default=0.5, min=0.0, max=1.0, step=0.01, tooltip=(
-                    "tau_A: inject self-attention q/k during this leading fraction of the steps. Paper: 0.5.")),
-                io.Int.Input("steps", default=0, min=0, max=1000, tooltip=(
-                    "0 = the bank's step count. Any other value must equal it (a check for wired graphs).")),
-                io.Combo.Input("threshold_convention", options=list(THRESHOLD_CONVENTIONS),
-                               default="pnp-diffusers", tooltip=(
-                    "pnp-diffusers injects while step < int(steps * tau); the original code while "
-                    "step <= int(steps * tau), one step more.")),
-                io.Combo.Input("final_step", options=list(sampling.FINAL_STEPS), default="official", tooltip=(
-                    "official: the last DDIM step ends at alpha_bar(t=0), as both official codes; comfyui: it "
-                    "ends at sigma 0 (the clean prediction), as ComfyUI's samplers.")),
-                io.Conditioning.Input("negative_prompt", optional=True, tooltip=(
-                    "The original paper's negative prompting: a description of the guidance image, pushed away "
-                    "from. Helps most for textureless guidance (silhouettes, sketches).")),
-                io.Float.Input("negative_alpha", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
-                               tooltip=("Weight of the plain uncond against the negative prompt at the first "
-                                        "step (lower = stronger negative prompting).")),
-                io.Combo.Input("negative_schedule", options=list(NEGATIVE_SCHEDULES), default="linear",
-                               optional=True, tooltip=(
-                    "How negative_alpha moves over the steps: linear (to 0), constant, exp(-6t). "
-                    "alpha 1 with constant disables negative prompting.")),
-                io.Mask.Input("mask", optional=True, tooltip=(
-                    "Where to inject (1) and where not (0), e.g. the subject from a SAM node, Load Image's "
-                    "alpha or a painted mask: the subject keeps the guidance structure, the background follows "
-                    "the prompt. One mask, the guidance image's size (or its latent size); resized to each "
-                    "injected layer.")),
-                io.Float.Input("injection_strength", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
-                               tooltip=("Blend between the target's own tensors (0) and the guidance image's "
-                                        "(1 = the paper's replacement) at the injected layers and steps.")),
-                io.Float.Input("outside_mask_strength", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
-                               tooltip=("Injection weight outside the mask, relative to inside (0 = no "
-                                        "injection outside, 1 = the mask has no effect). Used only when a mask "
-                                        "is connected.")),
-            ],
+            inputs=_sampler_inputs(),
             outputs=[io.Latent.Output("latent", tooltip="The translated image's latent.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, **values):
+        return queue_time_check(_sampler_inputs(), values)
 
     @classmethod
     def execute(cls, model, positive, negative, features, cfg, feature_injection, attention_injection, steps,
                 threshold_convention, final_step, negative_prompt=None, negative_alpha=1.0,
                 negative_schedule="linear", mask=None, injection_strength=1.0,
                 outside_mask_strength=0.0) -> io.NodeOutput:
+        check_inputs(_sampler_inputs(), locals())  # locals(): the inputs, by name
         check_steps(features.steps, steps, "feature bank")
         plan = InjectionPlan.from_thresholds(features.steps, feature_injection, attention_injection,
                                              threshold_convention)

@@ -4,6 +4,8 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..pnp_hooks import probe, visualize
+from ..pnp_hooks.errors import PnPInputError
+from ..pnp_hooks.layers import parse_site
 from .types import CATEGORY, PnPFeatures
 
 
@@ -57,6 +59,22 @@ class PnPFeaturePCA(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, view, layer, steps):
+        try:
+            check_view_text(view, layer, steps)
+        except PnPInputError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
     def execute(cls, features, view, layer, steps, fit, frame_width, upscale, columns, model=None) -> io.NodeOutput:
         result = probe.feature_pca(features, view, layer, steps, model, fit, frame_width, upscale, columns)
         return io.NodeOutput(result.grid, result.frames, result.caption)
+
+
+def check_view_text(view: str | None, layer: str | None, steps: str | None) -> None:
+    """The layer and steps texts read (no bank needed); a linked (None) input is checked when the node runs."""
+    if layer is not None and layer.strip().lower() != "auto":
+        parse_site(layer, attention=view != "resblock")
+    if steps is not None:
+        visualize.check_steps_spec(steps)

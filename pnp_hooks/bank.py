@@ -8,16 +8,15 @@ a generated guidance image recorded under CFG: uncond, cond):
 - ``Trajectory.latents``: (N, C, H, W), float32, the latent at each sampling
   timestep in ComfyUI LATENT units (variance-exploding x_t divided by the
   latent format's scale factor); ``latents[0]`` is x_T.
-- ``FeatureBank.resblock[b]``: (feature_steps, B, C, h, w), the residual
-  branch of ``output_blocks[b][0]``.
-- ``FeatureBank.attention[(b, j)]``: (attention_steps, B, h*w, C), the input of
-  ``output_blocks[b][1].transformer_blocks[j].attn1`` (after norm1); q and k are
-  its projections, so storing it halves the memory of storing q and k.
+- a stored bank's ``resblock[b]``: (feature_steps, B, C, h, w), the residual
+  branch of ``output_blocks[b][0]``; ``attention[(b, j)]``: (attention_steps,
+  B, h*w, C), the input of ``output_blocks[b][1].transformer_blocks[j].attn1``
+  (after norm1); q and k are its projections, so storing it halves the memory
+  of storing q and k (see ``sources``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Mapping
 
 import torch
@@ -27,8 +26,9 @@ from .layers import LayerSites
 
 SOURCE_SINGLE = ("source",)
 SOURCE_CFG = ("uncond", "cond")
-# How a bank provides the source tensors: recorded beforehand, or by a source row in the sampler's own batch.
-BANK_MODES = ("stored", "on the fly")
+# How a bank provides the source tensors: recorded beforehand, or computed per step while sampling.
+STORED, ON_THE_FLY = "stored", "on the fly"
+BANK_MODES = (STORED, ON_THE_FLY)
 
 
 @dataclass(frozen=True)
@@ -79,53 +79,56 @@ class Trajectory:
 
 @dataclass(frozen=True)
 class FeatureBank:
-    """PNP_FEATURES: source tensors for the leading steps, or the recipe to compute them live."""
+    """PNP_FEATURES: a trajectory, the sites and leading steps to inject, and where their tensors come from.
+
+    ``source`` is a ``sources.StoredSource`` (recorded tensors) or a
+    ``live_source.LiveSource`` (computed while sampling); ``source_conditioning``
+    is the ComfyUI CONDITIONING of the source pass (PnP Feature PCA records
+    layers the bank lacks with it).
+    """
 
     trajectory: Trajectory
     sites: LayerSites
     branches: tuple[str, ...]
     feature_steps: int
     attention_steps: int
-    resblock: Mapping[int, torch.Tensor]
-    attention: Mapping[tuple[int, int], torch.Tensor]
+    source: Any
     storage_dtype: torch.dtype
-    on_the_fly: bool = False
-    # ComfyUI CONDITIONING of the source pass; needed only to record on the fly.
     source_conditioning: Any = field(default=None, compare=False, repr=False)
-
-    def __post_init__(self):
-        object.__setattr__(self, "resblock", MappingProxyType(dict(self.resblock)))
-        object.__setattr__(self, "attention", MappingProxyType(dict(self.attention)))
 
     @property
     def steps(self) -> int:
         return self.trajectory.steps
 
     @property
+    def mode(self) -> str:
+        return self.source.mode
+
+    @property
+    def resblock(self) -> Mapping[int, torch.Tensor]:
+        return self.source.resblock
+
+    @property
+    def attention(self) -> Mapping[tuple[int, int], torch.Tensor]:
+        return self.source.attention
+
+    @property
     def nbytes(self) -> int:
         """Bytes of the stored source tensors (0 on the fly); the trajectory is ``trajectory_nbytes``."""
-        tensors = list(self.resblock.values()) + list(self.attention.values())
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return self.source.nbytes
 
     @property
     def trajectory_nbytes(self) -> int:
         latents = self.trajectory.latents
         return latents.numel() * latents.element_size()
 
-    def branch_index(self, name: str) -> int:
-        """Bank branch that feeds a target branch ("cond", "uncond"; negative reads "uncond")."""
-        if len(self.branches) == 1:
-            return 0
-        return self.branches.index("cond" if name == "cond" else "uncond")
-
     def describe(self) -> str:
-        if self.on_the_fly:
-            return (f"{self.trajectory.origin} source, {self.steps} steps, {self.sites.describe()}, source pass "
-                    f"computed on the fly in the sampler's batch (0 feature bytes stored, trajectory "
+        head = f"{self.trajectory.origin} source, {self.steps} steps, {self.sites.describe()}"
+        if self.mode == ON_THE_FLY:
+            return (f"{head}, source pass computed on the fly while sampling (0 feature bytes stored, trajectory "
                     f"{self.trajectory_nbytes} bytes)")
         return (
-            f"{self.trajectory.origin} source, {self.steps} steps, {self.sites.describe()}, "
-            f"ResBlock steps 0-{self.feature_steps - 1}, attention steps 0-{self.attention_steps - 1}, "
+            f"{head}, ResBlock steps 0-{self.feature_steps - 1}, attention steps 0-{self.attention_steps - 1}, "
             f"{str(self.storage_dtype).removeprefix('torch.')}: {self.nbytes} bytes ({self.nbytes / 2**20:.1f} MiB) "
             f"stored, trajectory {self.trajectory_nbytes} bytes"
         )

@@ -5,26 +5,24 @@ decoder layout, a fingerprint of the base weights) and returns patched
 *clones*; the MODEL a node was given is never changed.
 
 PnP patches on a clone, all under the key ``comfyui_pnp``:
-- a DIFFUSION_MODEL wrapper: once per UNet call it asks the handler (an
-  ``injection.Injector`` or ``injection.Recorder``) for a plan from the call's
-  ``timesteps`` (derived by ComfyUI from the sigmas) and ``cond_or_uncond``,
-  stores it in the call's ``transformer_options`` and, for that call only,
-  hooks ``output_blocks[b][0].out_layers`` (the ResBlock residual branch,
-  before the skip add). Hooks and plan are removed in ``finally``.
+- a PREDICT_NOISE wrapper: once per sampling evaluation it finds the rows'
+  steps from the sigmas (``schedule.steps_of_sigmas``), asks the handler (an
+  ``injection.Injector`` or ``injection.Recorder``) for the step's context and
+  puts it, with the paper's negative-prompt weight of the step, in
+  ``transformer_options`` for the UNet calls of that evaluation;
+- a DIFFUSION_MODEL wrapper: once per UNet call the context plans the call
+  from ``cond_or_uncond`` and, for that call only, ``output_blocks[b][0]
+  .out_layers`` (the ResBlock residual branch, before the skip add) is hooked.
+  Hooks and plan are removed in ``finally``;
 - an ``attn1_patch``: at the attention sites it hands ``n`` (the attn1 input
-  after norm1, (rows, h*w, C)) to the handler and returns the result as the
+  after norm1, (rows, h*w, C)) to the call and returns the result as the
   q/k input, keeping the target's own ``n`` for v. Attention itself stays
   ComfyUI's optimized attention, and any attn1 replace patch another node put
-  on the model still runs (it receives the injected q and k).
-- on the fly (a bank with no stored tensors): an APPLY_MODEL wrapper. When the
-  call's ``transformer_options`` carry ``SourceRows`` (the PnP guider puts them
-  there for injecting steps), it prepends the source row to the batch: x = the
-  trajectory latent at this step, the same sigma, the source prompt's processed
-  conds (cross-attention padded as ComfyUI pads it), zero ControlNet residuals;
-  ``cond_or_uncond`` gains ``injection.SOURCE_CHUNK`` in front. ComfyUI then
-  scales and casts all rows alike, the site hooks inject the source rows'
-  tensors into the target rows, and the wrapper drops the source rows from the
-  output.
+  on the model still runs (it receives the injected q and k);
+- with negative prompting, a CALC_COND_BATCH wrapper: the guider's
+  [cond, uncond] batch gets the paper's negative prompt evaluated as an uncond
+  (its own UNet call) and its uncond output replaced by the blend, before
+  any pre-CFG hook (APG, TCFG, ...) and ComfyUI's CFG see it.
 """
 from __future__ import annotations
 
@@ -36,17 +34,20 @@ import torch
 
 import comfy.model_management
 import comfy.model_sampling
-import comfy.patcher_extension
+import comfy.samplers
 import comfy.utils
+from comfy.patcher_extension import WrappersMP
 
 from .bank import ModelIdentity
 from .errors import PnPInputError
-from .injection import SOURCE_CHUNK, control_with_source_rows, rows_per_chunk
-from .layers import UNetLayout
+from .layers import UNetLayout, decoder_layout
+from .schedule import steps_of_sigmas
 
 PATCH_KEY = "comfyui_pnp"
-# transformer_options key of the live source rows of one UNet call (on-the-fly mode).
-SOURCE_KEY = f"{PATCH_KEY}.source"
+# transformer_options key of the planned site call of one UNet call.
+CALL_KEY = f"{PATCH_KEY}.call"
+# Key of the paper's negative prompt among the sampler guider's conditionings.
+NEGATIVE_COND = "pnp_negative"
 
 SUPPORTED_FAMILIES = {"SD15": "SD 1.x", "SD20": "SD 2.x", "SDXL": "SDXL"}
 _PREDICTIONS = {comfy.model_sampling.EPS: "eps", comfy.model_sampling.V_PREDICTION: "v"}
@@ -94,13 +95,7 @@ def model_facts(model) -> ModelFacts:
             f"This {SUPPORTED_FAMILIES[family]} UNet takes {unet.in_channels} input channels (an inpainting or "
             f"instruct model); PnP needs a plain text-to-image checkpoint with {latent_format.latent_channels}."
         )
-    layout = UNetLayout(
-        has_resblock=tuple(type(block[0]).__name__ == "ResBlock" for block in unet.output_blocks),
-        transformer_depth=tuple(
-            len(block[1].transformer_blocks) if len(block) > 1 and hasattr(block[1], "transformer_blocks") else 0
-            for block in unet.output_blocks
-        ),
-    )
+    layout = decoder_layout(unet)
     sigmas = sampling.sigmas.detach().float().cpu()
     identity = ModelIdentity(family, prediction, _fingerprint(model), _schedule_hash(sigmas))
     return ModelFacts(identity, layout, sigmas, latent_format)
@@ -122,60 +117,108 @@ def _fingerprint(model) -> str:
 
 
 @dataclass(frozen=True)
-class SourceRows:
-    """The live source pass of one sampling step, as ``apply_model`` inputs.
+class _NegativeStep:
+    """The paper's negative prompting at one step: ``alpha`` weighs the guider's ``uncond`` against ``prompt``."""
 
-    ``x``: (rows, C, H, W), the trajectory latent at the step in sampling space
-    (what ``apply_model`` receives); ``conds``: the source prompt's processed
-    model conds (``comfy.conds`` objects for that many rows, e.g.
-    ``c_crossattn``, ``y``); ``uuid``: the source cond's id for ``uuids``.
-    """
+    alpha: float
+    prompt: list  # the guider's processed NEGATIVE_COND
+    uncond: list  # the guider's processed uncond (the list sampling_function hands calc_cond_batch)
 
+
+@dataclass(frozen=True)
+class _StepContext:
+    """What PnP's wrappers know about the current sampling evaluation (in ``transformer_options``)."""
+
+    sites: object  # the handler's step context (``injection.InjectingStep`` / ``RecordingStep``) or None
+    negative: _NegativeStep | None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One sampling evaluation (predict_noise) of a PnP clone, as a live source needs it."""
+
+    guider: object  # the comfy.samplers.CFGGuider sampling (its processed conds, its inner model)
     x: torch.Tensor
-    conds: dict
-    uuid: object
+    sigma: torch.Tensor
+    model_options: dict
+    patch: "_SitePatch"
 
+    def latent_in(self, latents: torch.Tensor) -> torch.Tensor:
+        """LATENT-unit latents in the model's sampling space, on the evaluation's device and dtype."""
+        return self.guider.inner_model.process_latent_in(latents).to(self.x)
 
-def _with_source(name: str, target, source, rows: int):
-    """One apply_model input with the source rows in front (ComfyUI's own concat pads cross-attention)."""
-    batched = isinstance(target, torch.Tensor) and target.ndim > 0 and target.shape[0] == rows
-    batched = batched or (isinstance(target, list) and bool(target) and all(
-        isinstance(t, torch.Tensor) and t.shape[0] == rows for t in target))
-    if not batched:
-        return target
-    if source is None:
-        raise PnPInputError(
-            f"The on-the-fly source pass has no '{name}' input, which this model's calls carry (an inpainting or "
-            f"otherwise conditioned model). Set PnP Feature Bank's mode to 'stored'."
-        )
-    if isinstance(target, torch.Tensor):
-        source = type(source)(source.cond.to(device=target.device, dtype=target.dtype))
-        return source.concat([type(source)(target)])
-    return source.concat([type(source)(target)])
+    def run_alone(self, cond_key: str, x: torch.Tensor, sites) -> torch.Tensor:
+        """Evaluate the guider's cond ``cond_key`` on ``x`` (one row) at this sigma, in its own UNet call.
+
+        ``sites``: the step context for the call (e.g. an ``injection.RecordingStep``).
+        Other packs' attention and block patches are left out: they are meant
+        for the target's rows, not for PnP's source pass.
+        """
+        options = dict(self.model_options)
+        transformer_options = dict(options.get("transformer_options", {}))
+        transformer_options[PATCH_KEY] = _StepContext(sites, None)
+        transformer_options["patches"] = {"attn1_patch": [self.patch.attn1_patch]}
+        transformer_options.pop("patches_replace", None)
+        options["transformer_options"] = transformer_options
+        return comfy.samplers.calc_cond_batch(self.guider.inner_model, [self.guider.conds[cond_key]], x,
+                                              self.sigma[:1], options)
 
 
 class _SitePatch:
-    """Wires a handler (Injector or Recorder) to the UNet sites for every call."""
+    """Wires a handler (Injector or Recorder) to the UNet sites and the sampler's evaluations."""
 
-    def __init__(self, handler):
+    def __init__(self, handler, step_sigmas: torch.Tensor, negative_alphas: list[float] | None):
         self.handler = handler
+        self.step_sigmas = step_sigmas
+        self.negative_alphas = negative_alphas
         self._attention_sites = frozenset(handler.sites.attention)
 
     def __deepcopy__(self, memo):
         # ModelPatcher.clone deep-copies model_options; share the handler (and the bank) instead.
         return self
 
+    def predict_noise_wrapper(self, executor, x, timestep, model_options={}, *args, **kwargs):
+        steps = steps_of_sigmas(self.step_sigmas, timestep)
+        guider = executor.class_obj
+        sites = self.handler.step_context(steps, Evaluation(guider, x, timestep, model_options, self))
+        negative = self._negative_step(guider, steps[0])
+        if sites is None and negative is None:
+            return executor(x, timestep, model_options, *args, **kwargs)
+        transformer_options = {**model_options.get("transformer_options", {}),
+                               PATCH_KEY: _StepContext(sites, negative)}
+        return executor(x, timestep, {**model_options, "transformer_options": transformer_options}, *args, **kwargs)
+
+    def _negative_step(self, guider, step: int | None) -> _NegativeStep | None:
+        if self.negative_alphas is None or step is None or self.negative_alphas[step] == 1.0:
+            return None
+        return _NegativeStep(self.negative_alphas[step], guider.conds[NEGATIVE_COND], guider.conds.get("negative"))
+
+    def calc_cond_batch_wrapper(self, executor, model, conds, x, timestep, model_options, *args, **kwargs):
+        """The paper's negative prompting on the guider's [cond, uncond] evaluation (see the module docstring).
+
+        ``e_tilde = a * e(uncond) + (1 - a) * e(negative)`` on ComfyUI's
+        denoised outputs (the weights sum to one, so it is the same blend of eps).
+        The negative prompt runs as an uncond of its own call, so patches that
+        read ``cond_or_uncond`` treat it as the uncond branch it replaces.
+        """
+        out = executor(model, conds, x, timestep, model_options, *args, **kwargs)
+        context = model_options.get("transformer_options", {}).get(PATCH_KEY)
+        negative = context.negative if context is not None else None
+        if negative is None or len(conds) != 2 or conds[1] is None or conds[1] is not negative.uncond:
+            return out
+        negative_out = executor(model, [None, negative.prompt], x, timestep, model_options, *args, **kwargs)[1]
+        return [out[0], negative.alpha * out[1] + (1.0 - negative.alpha) * negative_out]
+
     def diffusion_model_wrapper(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+        step = transformer_options.get(PATCH_KEY)
         cond_or_uncond = transformer_options.get("cond_or_uncond")
-        call = None
-        if cond_or_uncond:
-            call = self.handler.plan_call(timesteps.detach().float().cpu().tolist(), list(cond_or_uncond))
-        if call is None:
+        if step is None or step.sites is None or not cond_or_uncond:
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+        call = step.sites.plan_call(list(cond_or_uncond), x.shape[0])
         unet = executor.class_obj
         hooks = []
         try:
-            transformer_options[PATCH_KEY] = call
+            transformer_options[CALL_KEY] = call
             for block in self.handler.sites.resblocks:
                 hook = partial(self._resblock_hook, block, call)
                 hooks.append(unet.output_blocks[block][0].out_layers.register_forward_hook(hook))
@@ -183,32 +226,13 @@ class _SitePatch:
         finally:
             for hook in hooks:
                 hook.remove()
-            transformer_options.pop(PATCH_KEY, None)
-
-    def apply_model_wrapper(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
-        source: SourceRows | None = transformer_options.get(SOURCE_KEY)
-        if source is None:
-            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
-        chunks = list(transformer_options["cond_or_uncond"])
-        n, rows = source.x.shape[0], x.shape[0]
-        if rows_per_chunk(rows, chunks) != n:
-            raise RuntimeError(f"{n} source rows do not match chunks of {rows // len(chunks)} rows")
-        inputs = {"c_concat": c_concat, "c_crossattn": c_crossattn, **kwargs}
-        inputs = {k: _with_source(k, v, source.conds.get(k), rows) for k, v in inputs.items()}
-        options = dict(transformer_options)
-        del options[SOURCE_KEY]
-        options["cond_or_uncond"] = [SOURCE_CHUNK] + chunks
-        options["uuids"] = [source.uuid] + list(options.get("uuids", []))
-        out = executor(torch.cat([source.x.to(device=x.device, dtype=x.dtype), x]), torch.cat([t[:n], t]),
-                       inputs.pop("c_concat"), inputs.pop("c_crossattn"), control_with_source_rows(control, n, rows),
-                       options, **inputs)
-        return out[n:]
+            transformer_options.pop(CALL_KEY, None)
 
     def _resblock_hook(self, block, call, module, args, output):
-        return self.handler.resblock(block, output, call)
+        return call.resblock(block, output)
 
     def attn1_patch(self, n, context_attn1, value_attn1, extra_options):
-        call = extra_options.get(PATCH_KEY)
+        call = extra_options.get(CALL_KEY)
         block = extra_options.get("block")
         if call is None or block is None or block[0] != "output":
             return n, context_attn1, value_attn1
@@ -216,26 +240,28 @@ class _SitePatch:
         if site not in self._attention_sites:
             return n, context_attn1, value_attn1
         spatial = tuple(extra_options["activations_shape"][-2:])
-        qk_input = self.handler.attention(site, n, spatial, call)
+        qk_input = call.attention(site, n, spatial)
         if qk_input is n:
             return n, context_attn1, value_attn1
         return qk_input, qk_input, value_attn1
 
 
-def with_pnp_sites(model, handler):
-    """A clone of ``model`` whose UNet calls go through ``handler`` at the PnP sites.
+def with_pnp_sites(model, handler, step_sigmas: torch.Tensor, negative_alphas: list[float] | None = None):
+    """A clone of ``model`` whose sampling evaluations go through ``handler`` at the PnP sites.
 
-    A live handler (on-the-fly bank) also gets the APPLY_MODEL wrapper that
-    adds the source rows its calls need.
+    ``step_sigmas``: the sigma of each step of the handler's trajectory (how
+    evaluations find their step). ``negative_alphas``: per step, the paper's
+    negative-prompt weight (the guider then carries the negative prompt as
+    ``NEGATIVE_COND``).
     """
     clone = model.clone()
-    patch = _SitePatch(handler)
+    patch = _SitePatch(handler, step_sigmas, negative_alphas)
     clone.set_model_attn1_patch(patch.attn1_patch)
-    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, PATCH_KEY,
-                               patch.diffusion_model_wrapper)
-    if getattr(handler, "live", False):
-        clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, PATCH_KEY,
-                                   patch.apply_model_wrapper)
+    for kind, wrapper in ((WrappersMP.PREDICT_NOISE, patch.predict_noise_wrapper),
+                          (WrappersMP.DIFFUSION_MODEL, patch.diffusion_model_wrapper)):
+        clone.add_wrapper_with_key(kind, PATCH_KEY, wrapper)
+    if negative_alphas is not None:
+        clone.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, PATCH_KEY, patch.calc_cond_batch_wrapper)
     return clone
 
 
@@ -253,7 +279,7 @@ def with_next_timestep_labels(model, next_label: dict[int, int]):
         timesteps = torch.tensor(labels, dtype=timesteps.dtype, device=timesteps.device)
         return executor(x, timesteps, *args, **kwargs)
 
-    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, f"{PATCH_KEY}.inversion", relabel)
+    clone.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, f"{PATCH_KEY}.inversion", relabel)
     return clone
 
 

@@ -18,6 +18,7 @@ import torch
 from . import patcher, sampling, visualize
 from .bank import FeatureBank, check_model
 from .errors import PnPInputError
+from .injection import COND_CHUNK, branch_of
 from .layers import LayerSites, first_default_site, parse_site, resolve_sites
 
 VIEW_KINDS = ("resblock", "self-attention map", "query", "key", "attention input")
@@ -59,7 +60,7 @@ def _stored(bank: FeatureBank, kind: str, site: tuple[int, int], steps: list[int
         store, recorded = bank.attention.get(site), bank.attention_steps
     if store is None or max(steps) >= recorded:
         return None
-    return store[steps, bank.branch_index("cond")]
+    return store[steps, branch_of(COND_CHUNK, bank.branches)]
 
 
 def _record_live(model, bank: FeatureBank, kind: str, site: tuple[int, int], steps: list[int]) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """PnP's passes, run with ComfyUI's own sampling machinery.
 
-Every pass goes through a ``comfy.samplers.CFGGuider`` (or a subclass) on a
+Every pass goes through ComfyUI's own ``comfy.samplers.CFGGuider`` on a
 patched clone, so model loading, LoRA weight patches, ControlNet, hooks,
 wrappers, progress bars, previews and Cancel behave as in ComfyUI's samplers.
 
@@ -24,12 +24,13 @@ import comfy.utils
 import latent_preview
 from comfy.k_diffusion.sampling import to_d, trange
 
-from . import patcher
-from .bank import SOURCE_CFG, SOURCE_SINGLE, FeatureBank, Trajectory, check_model
+from . import batching, live_source, patcher
+from .bank import ON_THE_FLY, SOURCE_CFG, SOURCE_SINGLE, STORED, FeatureBank, Trajectory, check_model
 from .errors import PnPInputError
 from .injection import Injector, Recorder
 from .layers import LayerSites
 from .schedule import InjectionPlan, ddim_timesteps, inversion_timesteps
+from .sources import StoredSource
 
 FINAL_STEPS = ("official", "comfyui")
 
@@ -113,19 +114,12 @@ AUTO_BATCH_MAX = 16
 
 
 def _rows_per_call(model, latent_shape: tuple[int, ...], total: int, batch_size: int, device) -> int:
-    """Timesteps per source-pass UNet call: ``batch_size``, or 0 = automatic.
-
-    Automatic takes the fewest calls whose batch (up to ``AUTO_BATCH_MAX``)
-    ComfyUI's memory estimate for this model fits in the free memory, with the
-    margin ComfyUI's own cond batching uses, and splits the timesteps evenly.
-    """
-    if batch_size:
-        return min(batch_size, total)
+    """Rows per source-pass UNet call (``batching``), never more than ComfyUI's memory estimate
+    for this model fits in the free memory, with the margin of its own cond batching."""
     free = comfy.model_management.get_free_memory(device)
     fits = next((rows for rows in range(min(AUTO_BATCH_MAX, total), 1, -1)
                  if model.model.memory_required([rows] + list(latent_shape)) * 1.5 < free), 1)
-    calls = math.ceil(total / fits)
-    return math.ceil(total / calls)
+    return batching.rows_per_call(total, tuple(latent_shape[-2:]), fits, batch_size)
 
 
 @torch.no_grad()
@@ -134,9 +128,10 @@ def _source_pass(model, x, sigmas, extra_args=None, callback=None, disable=None,
     """KSAMPLER function: UNet(z_t, t, cond) on the trajectory latents instead of sampling ``x``.
 
     ``latents`` (S, C, H, W) are the recorded steps' latents in sampling space at
-    ``latent_sigmas`` (S,). Rows are independent given the trajectory, so each
-    call batches ``rows_per_call(device)`` timesteps; the handler on the model
-    keeps each row's tensors under its own step. ``x`` is returned unchanged.
+    ``latent_sigmas`` (S,). Rows are independent given the trajectory, so a call
+    batches ``rows_per_call(device)`` timesteps; the handler on the model keeps
+    each row's tensors under its own step. Progress moves once per timestep;
+    Cancel is honoured between calls. ``x`` is returned unchanged.
     """
     extra_args = {} if extra_args is None else extra_args
     total = len(latent_sigmas)
@@ -144,62 +139,43 @@ def _source_pass(model, x, sigmas, extra_args=None, callback=None, disable=None,
     log.debug("PnP source pass: %d timesteps, %d per UNet call", total, batch)
     for start in trange(0, total, batch, disable=disable):
         comfy.model_management.throw_exception_if_processing_interrupted()
-        rows = slice(start, start + batch)
-        source_x = latents[rows].to(x)
-        sigma = latent_sigmas[rows].to(x.device)
+        source_x = latents[start:start + batch].to(x)
+        sigma = latent_sigmas[start:start + batch].to(x.device)
         denoised = model(source_x, sigma, **extra_args)
-        if callback is not None:
-            callback({"x": source_x[-1:], "i": min(start + batch, total) - 1, "sigma": sigma[-1],
-                      "sigma_hat": sigma[-1], "denoised": denoised[-1:]})
+        for r in range(source_x.shape[0]):
+            if callback is not None:
+                callback({"x": source_x[r:r + 1], "i": start + r, "sigma": sigma[r], "sigma_hat": sigma[r],
+                          "denoised": denoised[r:r + 1]})
     return x
-
-
-# Conditioning keys that change how ComfyUI runs a cond; the on-the-fly source row cannot honour them.
-_UNSUPPORTED_LIVE_SOURCE_KEYS = ("area", "mask", "strength", "start_percent", "end_percent", "control", "gligen",
-                                 "hooks", "default")
-
-
-def check_live_source_conditioning(conditioning) -> None:
-    """The on-the-fly source row is one plain prompt: refuse what only a separate pass could honour."""
-    if not conditioning or len(conditioning) != 1:
-        raise PnPInputError(
-            f"The on-the-fly mode needs exactly one source prompt (one CLIP Text Encode), got a conditioning with "
-            f"{len(conditioning or [])} entries. Connect a single prompt or set mode to 'stored'."
-        )
-    extra = sorted(k for k in conditioning[0][1] if k in _UNSUPPORTED_LIVE_SOURCE_KEYS)
-    if extra:
-        raise PnPInputError(
-            f"The on-the-fly mode runs the source prompt as a plain extra row of the target's batch; its "
-            f"conditioning carries {extra} (area, mask, timestep range, ControlNet, ...), which needs a separate "
-            f"pass. Connect the plain CLIP Text Encode output or set mode to 'stored'."
-        )
 
 
 def record_bank(model, trajectory: Trajectory, conditioning, sites: LayerSites, feature_steps: int,
                 attention_steps: int, storage_dtype: torch.dtype, batch_size: int,
-                on_the_fly: bool = False) -> FeatureBank:
+                mode: str = STORED) -> FeatureBank:
     """Record the bank from ``UNet(z_t_inverted, t, conditioning)`` (pnp-diffusers' source pass).
 
-    ``batch_size``: timesteps per UNet call, 0 = automatic (see ``_rows_per_call``).
-    ``on_the_fly``: record nothing; the bank keeps the trajectory and the source
-    conditioning, and PnP sampling runs the source pass in its own batch.
+    ``batch_size``: timesteps per UNet call, 0 = automatic (see ``batching``).
+    ``mode`` "on the fly": record nothing; the bank's source is a ``LiveSource``
+    that PnP sampling runs per injecting step.
     """
     facts = patcher.model_facts(model)
     check_model(trajectory.model, facts.identity, "inversion")
-    if on_the_fly:
-        check_live_source_conditioning(conditioning)
-        return FeatureBank(trajectory, sites, SOURCE_SINGLE, trajectory.steps, trajectory.steps, {}, {},
-                           storage_dtype, on_the_fly=True, source_conditioning=conditioning)
+    if mode == ON_THE_FLY:
+        live_source.check_conditioning(conditioning)
+        return FeatureBank(trajectory, sites, SOURCE_SINGLE, trajectory.steps, trajectory.steps,
+                           live_source.LiveSource(trajectory, sites, conditioning), storage_dtype,
+                           source_conditioning=conditioning)
     recorded_steps = max(feature_steps, attention_steps)
-    recorder = Recorder(trajectory.timesteps, sites, feature_steps, attention_steps,
+    recorder = Recorder(sites, feature_steps, attention_steps, SOURCE_SINGLE,
                         comfy.model_management.intermediate_device(), storage_dtype)
     if recorded_steps:
-        clone = patcher.with_pnp_sites(model, recorder)
         sigmas = facts.sigmas_at(list(trajectory.timesteps[:recorded_steps]))
+        clone = patcher.with_pnp_sites(model, recorder, sigmas)
         sampler = comfy.samplers.KSAMPLER(_source_pass, extra_options={
             "latents": facts.latent_format.process_in(trajectory.latents[:recorded_steps]),
             "latent_sigmas": sigmas,
-            "rows_per_call": partial(_rows_per_call, clone, trajectory.latent_shape, recorded_steps, max(0, batch_size))})
+            "rows_per_call": partial(_rows_per_call, clone, trajectory.latent_shape, recorded_steps,
+                                     max(0, batch_size))})
         guider = comfy.samplers.CFGGuider(clone)
         guider.set_conds(conditioning, [])
         guider.set_cfg(1.0)
@@ -208,8 +184,9 @@ def record_bank(model, trajectory: Trajectory, conditioning, sites: LayerSites, 
         guider.sample(torch.zeros(shape), torch.zeros(shape), sampler, torch.cat([sigmas, sigmas.new_zeros(1)]),
                       callback=_progress(clone, recorded_steps), disable_pbar=_disable_pbar(), seed=0)
     resblock, attention = recorder.build()
-    return FeatureBank(trajectory, sites, SOURCE_SINGLE, feature_steps, attention_steps, resblock, attention,
-                       storage_dtype, source_conditioning=conditioning)
+    return FeatureBank(trajectory, sites, SOURCE_SINGLE, feature_steps, attention_steps,
+                       StoredSource(resblock, attention, SOURCE_SINGLE), storage_dtype,
+                       source_conditioning=conditioning)
 
 
 def generate_guidance(model, positive, negative, samples: torch.Tensor, seed: int, steps: int, cfg: float,
@@ -225,11 +202,12 @@ def generate_guidance(model, positive, negative, samples: torch.Tensor, seed: in
     facts = patcher.model_facts(model)
     check_source_latent(samples, facts, "latent that sets the guidance image size")
     timesteps = ddim_timesteps(steps)
-    cfg_branches = not math.isclose(cfg, 1.0)
-    recorder = Recorder(tuple(timesteps), sites, feature_steps, attention_steps,
-                        comfy.model_management.intermediate_device(), storage_dtype, cfg_branches=cfg_branches)
-    clone = patcher.with_pnp_sites(model, recorder)
-    sigmas = facts.sigmas_at(timesteps + [0])
+    branches = SOURCE_SINGLE if math.isclose(cfg, 1.0) else SOURCE_CFG
+    recorder = Recorder(sites, feature_steps, attention_steps, branches,
+                        comfy.model_management.intermediate_device(), storage_dtype)
+    step_sigmas = facts.sigmas_at(timesteps)
+    clone = patcher.with_pnp_sites(model, recorder, step_sigmas)
+    sigmas = torch.cat([step_sigmas, step_sigmas.new_zeros(1)])
     noise = comfy.sample.prepare_noise(samples, seed)
     x_T = facts.latent_format.process_out(noise * (1.0 + sigmas[0] ** 2) ** 0.5)
     trajectory_x: dict[int, torch.Tensor] = {}
@@ -247,64 +225,33 @@ def generate_guidance(model, positive, negative, samples: torch.Tensor, seed: in
     latents = facts.latent_format.process_out(torch.cat([trajectory_x[i] for i in range(steps)]))
     trajectory = Trajectory(facts.identity, tuple(timesteps), latents, steps, "generated")
     resblock, attention = recorder.build()
-    bank = FeatureBank(trajectory, sites, SOURCE_CFG if cfg_branches else SOURCE_SINGLE, feature_steps,
-                       attention_steps, resblock, attention, storage_dtype, source_conditioning=positive)
+    bank = FeatureBank(trajectory, sites, branches, feature_steps, attention_steps,
+                       StoredSource(resblock, attention, branches), storage_dtype, source_conditioning=positive)
     return bank, final.float().cpu() / (1.0 + sigmas[-1] ** 2) ** 0.5
 
 
-class PnPGuider(comfy.samplers.CFGGuider):
-    """CFG, or the original paper's negative prompting when a ``pnp_negative`` cond is set.
+def pnp_guider(model, positive, negative, bank: FeatureBank, cfg: float, plan: InjectionPlan,
+               strength: float = 1.0, mask: torch.Tensor | None = None, paper_negative=None,
+               negative_alphas: list[float] | None = None) -> comfy.samplers.CFGGuider:
+    """ComfyUI's own CFGGuider on a clone that injects ``bank`` below the thresholds of ``plan``.
 
-    Negative prompting: ``e_tilde = a_i * e(uncond) + (1 - a_i) * e(negative)``,
-    then ``e = e_tilde + w * (e(cond) - e_tilde)``. The blend weights sum to one,
-    so doing it on ComfyUI's denoised outputs is the same as on eps.
-
-    On the fly (``live``, an injector whose bank stores nothing): the source
-    prompt is a ``pnp_source`` cond, processed by ComfyUI with the others; at
-    each injecting step the guider hands the UNet calls the source row (the
-    trajectory latent at this step and that cond) in ``transformer_options``,
-    and ``patcher`` puts it in front of the target rows.
+    With ``paper_negative`` (the original paper's negative prompt, with its
+    per-step ``negative_alphas``) the guider carries it as one more
+    conditioning; a live bank's source prompt likewise. Every pre/post-CFG
+    hook on the model keeps working: the guider is not subclassed.
     """
-
-    def __init__(self, model_patcher, sigmas: torch.Tensor, negative_alphas: list[float] | None,
-                 live: Injector | None = None):
-        super().__init__(model_patcher)
-        self.step_sigmas = sigmas
-        self.negative_alphas = negative_alphas
-        self.live = live
-
-    def _step(self, timestep) -> int:
-        return int(torch.argmin((self.step_sigmas - float(timestep.flatten()[0])).abs()))
-
-    def _with_source_rows(self, x, timestep, model_options: dict) -> dict:
-        """``model_options`` plus this step's live source row when the step injects (else unchanged)."""
-        if self.live is None:
-            return model_options
-        step = self._step(timestep)
-        if not self.live.injects_at(step):
-            return model_options
-        latent = self.live.bank.trajectory.latents[step:step + 1]
-        # As the stored mode's source pass: LATENT -> sampling space, then to the device.
-        source_x = self.inner_model.process_latent_in(latent).to(x.device)
-        source = comfy.samplers.get_area_and_mult(self.conds["pnp_source"][0], source_x, timestep[:1])
-        rows = patcher.SourceRows(source_x, source.conditioning, source.uuid)
-        options = dict(model_options.get("transformer_options", {}))
-        options[patcher.SOURCE_KEY] = rows
-        return {**model_options, "transformer_options": options}
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
-        model_options = self._with_source_rows(x, timestep, model_options)
-        negative_prompt = self.conds.get("pnp_negative")
-        if negative_prompt is None:
-            return super().predict_noise(x, timestep, model_options, seed)
-        positive, uncond = self.conds.get("positive"), self.conds.get("negative")
-        cond_out, uncond_out, negative_out = comfy.samplers.calc_cond_batch(
-            self.inner_model, [positive, uncond, negative_prompt], x, timestep, model_options)
-        step = self._step(timestep)
-        alpha = self.negative_alphas[step]
-        uncond_tilde = alpha * uncond_out + (1.0 - alpha) * negative_out
-        return comfy.samplers.cfg_function(self.inner_model, cond_out, uncond_tilde, self.cfg, x, timestep,
-                                           model_options=model_options, cond=positive, uncond=uncond)
+    facts = patcher.model_facts(model)
+    check_model(bank.trajectory.model, facts.identity, "feature bank")
+    injector = Injector(bank.sites, bank.source, plan, (bank.feature_steps, bank.attention_steps), strength, mask)
+    step_sigmas = facts.sigmas_at(list(bank.trajectory.timesteps))
+    clone = patcher.with_pnp_sites(model, injector, step_sigmas, negative_alphas if paper_negative else None)
+    guider = comfy.samplers.CFGGuider(clone)
+    conds = {"positive": positive, "negative": negative, **bank.source.guider_conds()}
+    if paper_negative is not None:
+        conds[patcher.NEGATIVE_COND] = paper_negative
+    guider.inner_set_conds(conds)
+    guider.set_cfg(cfg)
+    return guider
 
 
 def translate(model, positive, negative, bank: FeatureBank, cfg: float, plan: InjectionPlan, final_step: str,
@@ -314,23 +261,11 @@ def translate(model, positive, negative, bank: FeatureBank, cfg: float, plan: In
     if final_step not in FINAL_STEPS:
         raise PnPInputError(f"final_step must be one of {FINAL_STEPS}, got {final_step!r}.")
     facts = patcher.model_facts(model)
-    check_model(bank.trajectory.model, facts.identity, "feature bank")
-    injector = Injector(bank, plan, strength, mask)
-    clone = patcher.with_pnp_sites(model, injector)
-    timesteps = list(bank.trajectory.timesteps)
-    step_sigmas = facts.sigmas_at(timesteps)
+    guider = pnp_guider(model, positive, negative, bank, cfg, plan, strength, mask, paper_negative, negative_alphas)
     final_sigma = facts.sigma(0) if final_step == "official" else 0.0
-    sigmas = torch.cat([step_sigmas, torch.tensor([final_sigma])])
-    guider = PnPGuider(clone, step_sigmas, negative_alphas, live=injector if injector.live else None)
-    conds = {"positive": positive, "negative": negative}
-    if paper_negative is not None:
-        conds["pnp_negative"] = paper_negative
-    if injector.live:
-        conds["pnp_source"] = bank.source_conditioning
-    guider.inner_set_conds(conds)
-    guider.set_cfg(cfg)
+    sigmas = torch.cat([facts.sigmas_at(list(bank.trajectory.timesteps)), torch.tensor([final_sigma])])
     x_T = bank.trajectory.x_T()
     out = guider.sample(torch.zeros_like(x_T), x_T, comfy.samplers.ksampler("euler"), sigmas,
-                        callback=_progress(clone, len(timesteps)), disable_pbar=_disable_pbar(), seed=0)
+                        callback=_progress(guider.model_patcher, bank.steps), disable_pbar=_disable_pbar(), seed=0)
     # Official: the last DDIM step lands on alpha_bar(0) and returns z = sqrt(alpha_bar(0)) * x.
     return out.float().cpu() / (1.0 + final_sigma ** 2) ** 0.5

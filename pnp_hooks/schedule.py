@@ -1,6 +1,7 @@
 """Timesteps, injection thresholds and negative-prompt schedules of the official code.
 
-Pure Python/torch, no ComfyUI. Timesteps are the SD training indices 0..999.
+Pure Python/torch, no ComfyUI. Timesteps are the SD training indices 0..999;
+inside sampling a step is found from the sigma ComfyUI passes (``steps_of_sigmas``).
 - Sampling with N steps uses diffusers' DDIM "leading" spacing with offset 1:
   t_k = k * (1000 // N) + 1, descending (981, 961, ..., 1 for N = 50). The
   original (CompVis) code's ``make_ddim_timesteps('uniform')`` gives the same.
@@ -13,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .errors import PnPInputError
 
@@ -41,13 +43,30 @@ def inversion_timesteps(sampling_steps: int, inversion_steps: int) -> list[int]:
     ts = sorted(ddim_timesteps(count))
     missing = sorted(set(ddim_timesteps(sampling_steps)) - set(ts), reverse=True)
     if missing:
+        counts = ", ".join(map(str, valid_inversion_counts(sampling_steps)[:6]))
         raise PnPInputError(
             f"inversion_steps={count} inverts through timesteps {_short(ts)}, which miss the "
             f"sampling timesteps {_short(missing)} of steps={sampling_steps}. Set inversion_steps to 0 "
             f"(same as steps), 999 (the officials' choice) or a count whose timesteps contain the "
-            f"sampling ones (for steps={sampling_steps}: {', '.join(map(str, valid_inversion_counts(sampling_steps)[:6]))}, ...)."
+            f"sampling ones (for steps={sampling_steps}: {counts}, ...)."
         )
     return ts
+
+
+def steps_of_sigmas(step_sigmas: torch.Tensor, sigmas: torch.Tensor) -> list[int | None]:
+    """The sampling step of each sigma: its index in ``step_sigmas`` (the steps' sigmas), or None.
+
+    The one step lookup of the pack: ComfyUI hands every model call the sigma
+    of its rows (the sampler's own float32 values, so a match is exact; a
+    relative 1e-4 allows a device round trip). A sigma that is no step's (the
+    final one of a schedule) gives None.
+    """
+    table = step_sigmas.detach().to(device="cpu", dtype=torch.float64)
+    steps = []
+    for sigma in sigmas.detach().to(device="cpu", dtype=torch.float64).flatten().tolist():
+        i = int(torch.argmin((table - sigma).abs()))
+        steps.append(i if abs(float(table[i]) - sigma) <= 1e-4 * max(sigma, 1e-8) else None)
+    return steps
 
 
 def valid_inversion_counts(sampling_steps: int) -> list[int]:
@@ -67,6 +86,12 @@ def injection_step_count(steps: int, threshold: float, convention: str = "pnp-di
     if convention == "original":
         return min(steps, int(steps * threshold) + 1)
     raise PnPInputError(f"threshold convention must be one of {THRESHOLD_CONVENTIONS}, got {convention!r}.")
+
+
+def recorded_steps(steps: int, feature_injection: float, attention_injection: float) -> tuple[int, int]:
+    """Leading steps a bank records for the largest thresholds a sampler may use (either convention)."""
+    return (injection_step_count(steps, feature_injection, "original") if feature_injection else 0,
+            injection_step_count(steps, attention_injection, "original") if attention_injection else 0)
 
 
 def negative_prompt_alphas(steps: int, schedule: str, alpha: float) -> list[float]:

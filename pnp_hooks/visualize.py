@@ -35,6 +35,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from . import indices
 from .errors import PnPInputError
 
 FIT_MODES = ("across steps", "per step")
@@ -244,8 +245,22 @@ def grid(images: torch.Tensor, columns: int = 0, padding: int = 4, pad_value: fl
     return out.unsqueeze(0)
 
 
-_EVERY = re.compile(r"^every\s*(\d+)$")
-_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+_EVERY = re.compile(r"every(\d{1,%d})" % indices.MAX_DIGITS)
+_STEPS_EXAMPLE = '"auto", "all", "every 10" or "0,10,20"'
+
+
+def check_steps_spec(spec: str) -> None:
+    """Syntax only (no bank needed; for queue-time checks)."""
+    text = spec.strip().lower().replace(" ", "")
+    if text in ("", "auto", "all"):
+        return
+    every = _EVERY.fullmatch(text)
+    if every:
+        if int(every.group(1)) < 1:
+            raise PnPInputError(f"steps {indices.excerpt(spec)}: the stride of 'every N' must be at least 1.")
+        return
+    for item in indices.items(text):
+        indices.parse_range(item, "steps", spec, _STEPS_EXAMPLE)
 
 
 def parse_steps(spec: str, available: int, total: int) -> list[int]:
@@ -255,7 +270,8 @@ def parse_steps(spec: str, available: int, total: int) -> list[int]:
     ``all``: every one of them; ``every N``: 0, N, 2N, ... below ``available``;
     otherwise a list of indices or ranges (``"0,10,20"``, ``"0-4"``) below ``total``.
     """
-    text = spec.strip().lower()
+    check_steps_spec(spec)
+    text = spec.strip().lower().replace(" ", "")
     if available <= 0:
         available = total
     if text in ("", "auto"):
@@ -263,28 +279,18 @@ def parse_steps(spec: str, available: int, total: int) -> list[int]:
         return sorted({round(i * (available - 1) / max(count - 1, 1)) for i in range(count)})
     if text == "all":
         return list(range(available))
-    every = _EVERY.match(text)
+    every = _EVERY.fullmatch(text)
     if every:
-        stride = int(every.group(1))
-        if stride < 1:
-            raise PnPInputError(f"steps {spec!r}: the stride of 'every N' must be at least 1.")
-        return list(range(0, available, stride))
+        return list(range(0, available, int(every.group(1))))
     steps: list[int] = []
-    for raw in text.replace(";", ",").split(","):
-        item = raw.strip().replace(" ", "")
-        if not item:
-            continue
-        m = _RANGE.match(item)
-        if m is None:
-            raise PnPInputError(f"Cannot read steps {spec!r} at {raw.strip()!r}; write e.g. \"auto\", \"all\", "
-                                f"\"every 10\" or \"0,10,20\".")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise PnPInputError(f"Range {item!r} in steps runs backwards; write the smaller index first.")
-        steps.extend(s for s in range(lo, hi + 1) if s not in steps)
+    seen: set[int] = set()
+    for item in indices.items(text):
+        lo_hi = indices.parse_range(item, "steps", spec, _STEPS_EXAMPLE)
+        indices.check_below(lo_hi, total, "steps", f"the bank has {total} sampling steps (indices 0-{total - 1})")
+        for s in range(lo_hi[0], lo_hi[1] + 1):
+            if s not in seen:
+                seen.add(s)
+                steps.append(s)
     if not steps:
-        raise PnPInputError("steps names no step; write e.g. \"auto\" or \"0,10,20\".")
-    beyond = [s for s in steps if s >= total]
-    if beyond:
-        raise PnPInputError(f"steps names {beyond}, but the bank has {total} sampling steps (indices 0-{total - 1}).")
+        raise PnPInputError(f"steps names no step; write e.g. {_STEPS_EXAMPLE}.")
     return steps

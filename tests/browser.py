@@ -79,9 +79,10 @@ class ComfyServer:
     """ComfyUI's main.py in CPU mode on 127.0.0.1 with a base directory made for the test."""
 
     def __init__(self, base: Path, models: dict[str, dict[str, Path]], inputs: dict[str, Path],
-                 frontend: FrontendBuild | None = None):
+                 frontend: FrontendBuild | None = None, extra_args: tuple[str, ...] = ()):
         self.base = base
         self.front_end_root = ["--front-end-root", str(frontend.static)] if frontend and frontend.static else []
+        self.extra_args = list(extra_args)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / "server.log"
@@ -112,7 +113,7 @@ class ComfyServer:
         self.proc = subprocess.Popen(
             [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
              "--base-directory", str(self.base), "--disable-auto-launch", "--database-url", "sqlite:///:memory:",
-             *self.front_end_root],
+             *self.front_end_root, *self.extra_args],
             cwd=find_comfyui(), env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -27,7 +27,7 @@ import browser  # noqa: E402
 import checkpoints  # noqa: E402
 import extra_models  # noqa: E402
 import guidance_image  # noqa: E402
-import host as host_module  # noqa: E402
+import comfy_host  # noqa: E402
 import workflow_specs  # noqa: E402
 from conftest import CACHE_DIR  # noqa: E402
 
@@ -41,7 +41,7 @@ def main(names: list[str]) -> None:
     if unknown:
         raise SystemExit(f"unknown workflow(s) {sorted(unknown)}; known: {[spec['name'] for spec in specs]}")
     work = Path(tempfile.mkdtemp(prefix="pnp-build-"))
-    host = host_module.boot(work / "host", CACHE_DIR / "checkpoints")
+    host = comfy_host.boot(work / "host", CACHE_DIR / "checkpoints")
     ckpts = {layout: host.checkpoint_dir / checkpoints.ensure_checkpoint(layout, host.checkpoint_dir)
              for layout in set(browser.TEST_LAYOUTS.values())}
     cn = host.models_dir / "controlnet" / extra_models.ensure(

@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 TESTS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS_DIR))
 
-import host as host_module  # noqa: E402
+import comfy_host  # noqa: E402
 from find_comfyui import PACK_ROOT  # noqa: E402
 
 # Built checkpoints are cached here across runs (git-ignored); override with PNP_TEST_CACHE.
@@ -26,7 +26,7 @@ CACHE_DIR = Path(os.environ.get("PNP_TEST_CACHE", PACK_ROOT / ".test-cache"))
 def host(tmp_path_factory):
     """ComfyUI booted in-process with this pack loaded by ComfyUI's own loader."""
     try:
-        return host_module.boot(tmp_path_factory.mktemp("comfy"), CACHE_DIR / "checkpoints")
+        return comfy_host.boot(tmp_path_factory.mktemp("comfy"), CACHE_DIR / "checkpoints")
     except FileNotFoundError as exc:
         pytest.fail(str(exc), pytrace=False)
 
@@ -46,10 +46,9 @@ class ModelCache:
     def load(self, layout: str):
         """(MODEL, CLIP, VAE) exactly as CheckpointLoaderSimple returns them."""
         if layout not in self._loaded:
-            import nodes
+            from harness import run_node
 
-            name = self.checkpoint(layout)
-            self._loaded[layout] = nodes.CheckpointLoaderSimple().load_checkpoint(name)[:3]
+            self._loaded[layout] = run_node("CheckpointLoaderSimple", ckpt_name=self.checkpoint(layout))[:3]
         return self._loaded[layout]
 
 

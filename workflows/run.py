@@ -289,19 +289,23 @@ class _Server:
         pass
 
 
-def new_prompt_executor(server):
-    """ComfyUI's PromptExecutor with the classic cache, on every supported version.
+def new_prompt_executor(server, keep_outputs: bool = True):
+    """ComfyUI's PromptExecutor on every supported version, as main.py builds it with --cache-classic
+    (``keep_outputs``) or --cache-none.
 
-    v0.3.64 takes ``cache_size``; v0.33 takes ``cache_args`` and reads its "ram"
-    entries on every prompt (0 = no RAM-pressure eviction, as main.py with --cache-classic).
+    v0.3.64 takes ``cache_size`` and calls --cache-none's mode DEPENDENCY_AWARE; v0.33 takes ``cache_args``,
+    reads its "ram" entries on every prompt (0 = no RAM-pressure eviction) and calls it NONE.
     """
     import inspect
 
     import execution
 
+    cache_type = False if keep_outputs else getattr(execution.CacheType, "NONE", None) or \
+        execution.CacheType.DEPENDENCY_AWARE
     if "cache_args" in inspect.signature(execution.PromptExecutor).parameters:
-        return execution.PromptExecutor(server, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
-    return execution.PromptExecutor(server)
+        return execution.PromptExecutor(server, cache_type=cache_type,
+                                        cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+    return execution.PromptExecutor(server, cache_type=cache_type)
 
 
 def run(prompt: dict) -> list[Path]:

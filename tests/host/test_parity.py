@@ -32,7 +32,8 @@ import pytest
 import torch
 
 import reference_pnp as ref
-from host import run_prompt
+from comfy_host import run_prompt
+from harness import Prompt, encode, run_node
 
 TOL = 1e-4
 TARGET = "a photo of a golden retriever"
@@ -58,14 +59,11 @@ class Pair:
 
 
 def _pair(models, layout: str) -> Pair:
-    import nodes
-
     model, clip, _ = models.load(layout)
     unet = ref.diffusers_unet_from_comfy(model.model.diffusion_model, model.model.model_config.unet_config)
     prediction = {"EPS": "epsilon", "V_PREDICTION": "v_prediction"}[model.model.model_type.name]
-    enc = nodes.CLIPTextEncode()
-    return Pair(layout, model, unet, ref.make_scheduler(prediction),
-                enc.encode(clip, "")[0], enc.encode(clip, TARGET)[0], enc.encode(clip, NEGATIVE)[0])
+    return Pair(layout, model, unet, ref.make_scheduler(prediction), encode(clip, ""), encode(clip, TARGET),
+                encode(clip, NEGATIVE))
 
 
 @pytest.fixture(scope="module")
@@ -109,32 +107,18 @@ def trajectory_as_official_z(model, trajectory) -> dict[int, torch.Tensor]:
             for i, t in enumerate(trajectory.timesteps)}
 
 
-def node(node_id: str):
-    import nodes
-
-    return nodes.NODE_CLASS_MAPPINGS[node_id]
-
-
 def invert(pair: Pair, latent: torch.Tensor, steps: int, inversion_steps: int = 0):
-    """PnP_DDIMInversion.execute as the executor calls it: (PNP_INVERSION, noise LATENT)."""
-    with torch.inference_mode():
-        return node("PnP_DDIMInversion").execute(model=pair.model, latent={"samples": latent},
-                                                 conditioning=pair.empty, steps=steps,
-                                                 inversion_steps=inversion_steps).result
+    """PnP DDIM Inversion's outputs: (PNP_INVERSION, noise LATENT)."""
+    return run_node("PnP_DDIMInversion", model=pair.model, latent={"samples": latent}, conditioning=pair.empty,
+                    steps=steps, inversion_steps=inversion_steps)
 
 
 def translate(pair: Pair, trajectory, positive, negative, cfg: float, f: float, attn: float) -> torch.Tensor:
-    """PnP_FeatureBank (fp32 bank, "" source prompt) then PnP_Sampler (final_step official): LATENT samples."""
-    with torch.inference_mode():
-        bank = node("PnP_FeatureBank").execute(
-            model=pair.model, inversion=trajectory, conditioning=pair.empty, resblock_layers="auto",
-            attention_layers="auto", feature_injection=f, attention_injection=attn, bank_dtype="fp32",
-            batch_size=1).result[0]
-        out = node("PnP_Sampler").execute(
-            model=pair.model, positive=positive, negative=negative, features=bank, cfg=cfg, feature_injection=f,
-            attention_injection=attn, steps=0, threshold_convention="pnp-diffusers",
-            final_step="official").result[0]
-    return out["samples"]
+    """PnP Feature Bank (fp32 bank, "" source prompt) then PnP Sampler (final_step official): LATENT samples."""
+    bank = run_node("PnP_FeatureBank", model=pair.model, inversion=trajectory, conditioning=pair.empty,
+                    feature_injection=f, attention_injection=attn, bank_dtype="fp32", batch_size=1)[0]
+    return run_node("PnP_Sampler", model=pair.model, positive=positive, negative=negative, features=bank, cfg=cfg,
+                    feature_injection=f, attention_injection=attn, final_step="official")[0]["samples"]
 
 
 def reference_pnp(pair: Pair, trajectory_z: dict[int, torch.Tensor], steps: int, f: float = 0.8,
@@ -179,29 +163,20 @@ def _read_saved_latent(host, result, node_id: str) -> torch.Tensor:
 
 def run_pnp_prompt(host, models, layout: str, latent: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """CheckpointLoaderSimple -> CLIPTextEncode x3 -> LoadLatent -> PnP nodes -> SaveLatent: (final, noise)."""
-    text = lambda s: {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": s}}  # noqa: E731
-    prompt = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": models.checkpoint(layout)}},
-        "2": text(""),
-        "3": text(TARGET),
-        "4": text(NEGATIVE),
-        "5": {"class_type": "LoadLatent", "inputs": {"latent": _write_latent_file(latent)}},
-        "6": {"class_type": "PnP_DDIMInversion", "inputs": {
-            "model": ["1", 0], "latent": ["5", 0], "conditioning": ["2", 0], "steps": steps, "inversion_steps": 0}},
-        "7": {"class_type": "PnP_FeatureBank", "inputs": {
-            "model": ["1", 0], "inversion": ["6", 0], "conditioning": ["2", 0], "resblock_layers": "auto",
-            "attention_layers": "auto", "feature_injection": 0.8, "attention_injection": 0.5,
-            "bank_dtype": "fp32", "batch_size": 1}},
-        "8": {"class_type": "PnP_Sampler", "inputs": {
-            "model": ["1", 0], "positive": ["3", 0], "negative": ["4", 0], "features": ["7", 0], "cfg": 7.5,
-            "feature_injection": 0.8, "attention_injection": 0.5, "steps": steps,
-            "threshold_convention": "pnp-diffusers", "final_step": "official"}},
-        "9": {"class_type": "SaveLatent", "inputs": {"samples": ["8", 0], "filename_prefix": "parity/final"}},
-        "10": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 1], "filename_prefix": "parity/noise"}},
-    }
-    result = run_prompt(prompt)
+    p = Prompt()
+    ckpt = p.add("CheckpointLoaderSimple", ckpt_name=models.checkpoint(layout))
+    empty, target, negative = (p.add("CLIPTextEncode", clip=ckpt[1], text=t) for t in ("", TARGET, NEGATIVE))
+    inversion = p.add("PnP_DDIMInversion", model=ckpt[0], conditioning=empty[0], steps=steps,
+                      latent=p.add("LoadLatent", latent=_write_latent_file(latent))[0])
+    bank = p.add("PnP_FeatureBank", model=ckpt[0], inversion=inversion[0], conditioning=empty[0], bank_dtype="fp32",
+                 batch_size=1)
+    sampled = p.add("PnP_Sampler", model=ckpt[0], positive=target[0], negative=negative[0], features=bank[0],
+                    cfg=7.5, steps=steps, final_step="official")
+    final = p.add("SaveLatent", samples=sampled[0], filename_prefix="parity/final")
+    noise = p.add("SaveLatent", samples=inversion[1], filename_prefix="parity/noise")
+    result = run_prompt(p.api)
     assert result.success, result.error()
-    return _read_saved_latent(host, result, "9"), _read_saved_latent(host, result, "10")
+    return _read_saved_latent(host, result, final.node_id), _read_saved_latent(host, result, noise.node_id)
 
 
 # --- tests ------------------------------------------------------------------------------------------------------
@@ -327,19 +302,15 @@ def test_inversion_then_plain_ddim_reconstructs_the_source(sd15, sd15_inverted):
     sampling steps (too slow for the suite; trajectory 6.8e-6 and final z 1.5e-5 from
     the reference): 0.17.
     """
-    import nodes
-
     latent = sd15_inverted.latent
     inverted = {10: (*invert(sd15, latent, 10), reference_inversion(sd15, latent, 10)),
                 50: (sd15_inverted.trajectory, sd15_inverted.noise, sd15_inverted.reference)}
     errors = {}
     for steps, (trajectory, noise, expected_traj) in inverted.items():
         recon = translate(sd15, trajectory, sd15.empty, sd15.empty, 1.0, 0.0, 0.0)
-        with torch.inference_mode():
-            ks = nodes.KSamplerAdvanced().sample(
-                sd15.model, add_noise="disable", noise_seed=0, steps=steps, cfg=1.0, sampler_name="ddim",
-                scheduler="ddim_uniform", positive=sd15.empty, negative=sd15.empty, latent_image=noise,
-                start_at_step=0, end_at_step=steps, return_with_leftover_noise="disable")[0]["samples"]
+        ks = run_node("KSamplerAdvanced", model=sd15.model, add_noise="disable", noise_seed=0, steps=steps, cfg=1.0,
+                      sampler_name="ddim", scheduler="ddim_uniform", positive=sd15.empty, negative=sd15.empty,
+                      latent_image=noise, start_at_step=0, end_at_step=steps)[0]["samples"]
         official = ref.ddim_sample(sd15.unet, sd15.scheduler, expected_traj[trajectory.timesteps[0]],
                                    Pair.emb(sd15.empty), steps)
         assert max_diff(recon * ref.SD_SCALE_FACTOR, official) < TOL, steps

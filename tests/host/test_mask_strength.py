@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from host import run_prompt
-from pnp_graph import make_guidance
+from comfy_host import run_prompt
+from harness import Translation, translation_prompt
 
 SIZE = 128  # px; latent 16x16, attention sites at 4x4, 8x8 and 16x16: a half mask stays exactly 0/1.
 STEPS = 8
@@ -20,7 +20,7 @@ STEPS = 8
 
 @pytest.fixture(scope="module")
 def guidance(models):
-    return make_guidance(models, size=SIZE, steps=STEPS)
+    return Translation.make(models, size=SIZE, steps=STEPS)
 
 
 def _left_half(h: int, w: int) -> torch.Tensor:
@@ -136,30 +136,12 @@ def test_mask_of_wrong_batch_or_shape_is_refused_with_what_to_change(host, guida
     assert torch.isfinite(guidance.sample(mask=torch.ones(SIZE, SIZE))).all()
 
 
-def test_wrong_size_mask_error_reaches_the_user_through_the_executor(host, models, tmp_path):
-    ckpt = models.checkpoint("sd15_reduced")
-    prompt = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a cat"}},
-        "4": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0x808080}},
-        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["4", 0], "vae": ["1", 2]}},
-        "6": {"class_type": "PnP_DDIMInversion", "inputs": {
-            "model": ["1", 0], "latent": ["5", 0], "conditioning": ["2", 0], "steps": 2, "inversion_steps": 0}},
-        "7": {"class_type": "PnP_FeatureBank", "inputs": {
-            "model": ["1", 0], "inversion": ["6", 0], "conditioning": ["2", 0], "resblock_layers": "auto",
-            "attention_layers": "auto", "feature_injection": 0.8, "attention_injection": 0.5,
-            "bank_dtype": "fp16", "batch_size": 1}},
-        "8": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 96, "height": 64}},
-        "9": {"class_type": "PnP_Sampler", "inputs": {
-            "model": ["1", 0], "positive": ["3", 0], "negative": ["2", 0], "features": ["7", 0], "cfg": 7.5,
-            "feature_injection": 0.8, "attention_injection": 0.5, "steps": 0,
-            "threshold_convention": "pnp-diffusers", "final_step": "official", "mask": ["8", 0],
-            "injection_strength": 1.0, "outside_mask_strength": 0.0}},
-        "10": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["1", 2]}},
-        "11": {"class_type": "PreviewImage", "inputs": {"images": ["10", 0]}},
-    }
-    result = run_prompt(prompt)
+def test_wrong_size_mask_error_reaches_the_user_through_the_executor(host, models):
+    prompt, refs = translation_prompt(models.checkpoint("sd15_reduced"), target="a cat", steps=2,
+                                      output="SaveLatent")
+    mask = prompt.add("SolidMask", value=1.0, width=96, height=64)
+    prompt.api[refs["sampler"].node_id]["inputs"]["mask"] = mask[0].link
+    result = run_prompt(prompt.api)
     assert not result.success
     error = result.error()
     assert error["node_type"] == "PnP_Sampler"

@@ -1,18 +1,15 @@
-"""PnP Feature PCA: the PCA maths on synthetic tensors, and the node on a real (random-weight) bank."""
+"""PnP Feature PCA's maths on synthetic tensors (pure torch; no ComfyUI)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from host import run_prompt
-from test_host import _write_input_image
+from pure import pure
 
 
 @pytest.fixture(scope="module")
-def V(host):
-    return host.pack_module("pnp_hooks.visualize")
+def V():
+    return pure("visualize")
 
 
 def _two_regions(steps=3, channels=48, hw=(8, 10), swap_at=None, seed=0):
@@ -138,99 +135,3 @@ def test_parse_steps(V):
     for bad in ("0,x", "5-2", "every 0", "50", ","):
         with pytest.raises(V.PnPInputError):
             from_bank(bad, 41, 50)
-
-
-# ---- the node on real banks (reduced SD1.5, CPU) ----
-
-def test_pca_node_is_registered_with_tooltips(host):
-    import nodes
-
-    assert nodes.NODE_DISPLAY_NAME_MAPPINGS["PnP_FeaturePCA"] == "PnP Feature PCA"
-    schema = nodes.NODE_CLASS_MAPPINGS["PnP_FeaturePCA"].GET_SCHEMA()
-    assert schema.category == "sampling/plug-and-play" and schema.description
-    for item in schema.inputs + schema.outputs:
-        assert item.tooltip, f"PnP_FeaturePCA.{item.id} has no tooltip"
-    assert [o.io_type for o in schema.outputs] == ["IMAGE", "IMAGE", "STRING"]
-
-
-def _pca_prompt(ckpt, image, view="resblock", layer="auto", steps="auto", with_model=True, extra=None):
-    pca_inputs = {"features": ["6", 0], "view": view, "layer": layer, "steps": steps, "fit": "across steps",
-                  "frame_width": 0, "upscale": "nearest", "columns": 0}
-    if with_model:
-        pca_inputs["model"] = ["1", 0]
-    prompt = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
-        "3": {"class_type": "LoadImage", "inputs": {"image": image}},
-        "4": {"class_type": "VAEEncode", "inputs": {"pixels": ["3", 0], "vae": ["1", 2]}},
-        "5": {"class_type": "PnP_DDIMInversion", "inputs": {
-            "model": ["1", 0], "latent": ["4", 0], "conditioning": ["2", 0], "steps": 10, "inversion_steps": 0}},
-        "6": {"class_type": "PnP_FeatureBank", "inputs": {
-            "model": ["1", 0], "inversion": ["5", 0], "conditioning": ["2", 0], "resblock_layers": "auto",
-            "attention_layers": "auto", "feature_injection": 0.8, "attention_injection": 0.5,
-            "bank_dtype": "fp32", "batch_size": 1}},
-        "7": {"class_type": "PnP_FeaturePCA", "inputs": pca_inputs},
-        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "pca_grid"}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["7", 1], "filename_prefix": "pca_frames"}},
-    }
-    prompt["7"]["inputs"].update(extra or {})
-    return prompt
-
-
-def _saved(host, result, node):
-    return [np.asarray(Image.open(host.output_dir / img.get("subfolder", "") / img["filename"]))
-            for img in result.outputs[node]["images"]]
-
-
-@pytest.mark.parametrize("view,layer,steps,count", [
-    ("resblock", "auto", "auto", 5),           # ResBlock 4 from the bank, steps 0,2,4,6,8
-    ("self-attention map", "9:0", "0,2,5", 3),  # 16x16 positions at 128 px; steps 0-5 are in the bank
-    ("query", "auto", "every 3", 2),
-    ("resblock", "7", "1,3", 2),               # not in the bank: recorded live with the MODEL
-])
-def test_pca_node_through_the_executor(host, models, view, layer, steps, count):
-    ckpt = models.checkpoint("sd15_reduced")
-    image = _write_input_image(host, "pca_guidance.png", size=128)
-    result = run_prompt(_pca_prompt(ckpt, image, view, layer, steps))
-    assert result.success, result.error()
-    grid = _saved(host, result, "8")
-    frames = _saved(host, result, "9")
-    assert len(grid) == 1 and len(frames) == count
-    assert grid[0].shape == (128, count * 128 + (count - 1) * 4, 3)
-    assert all(f.shape == (128, 128, 3) for f in frames)
-    # Every colour channel uses the full range over the shown steps (one min-max across steps).
-    stacked = np.stack(frames)
-    assert stacked.reshape(-1, 3).min(0).tolist() == [0, 0, 0]
-    assert stacked.reshape(-1, 3).max(0).tolist() == [255, 255, 255]
-
-
-def test_pca_node_without_model_names_the_missing_input(host, models):
-    ckpt = models.checkpoint("sd15_reduced")
-    image = _write_input_image(host, "pca_guidance.png", size=128)
-    for view, layer in (("query", "auto"), ("resblock", "7")):
-        result = run_prompt(_pca_prompt(ckpt, image, view, layer, with_model=False))
-        assert not result.success
-        assert "MODEL" in result.error()["exception_message"], result.error()
-
-
-def test_live_recording_equals_the_bank_and_pca_is_repeatable(host, models):
-    """A site recorded live (only that site, only the chosen steps) is exactly what the bank recorded."""
-    import nodes
-
-    probe = host.pack_module("pnp_hooks.probe")
-    M = nodes.NODE_CLASS_MAPPINGS
-    model, clip, _ = models.load("sd15_reduced")
-    with torch.inference_mode():
-        empty = nodes.CLIPTextEncode().encode(clip, "")[0]
-        latent = {"samples": torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))}
-        inversion = M["PnP_DDIMInversion"].execute(model, latent, empty, 10, 0).result[0]
-        bank = M["PnP_FeatureBank"].execute(model, inversion, empty, "4", "4-11", 0.8, 0.5, "fp32", 1).result[0]
-        steps = [0, 3, 8]
-        live = probe._record_live(model, bank, "resblock", (4, 0), steps)
-        assert torch.equal(live, bank.resblock[4][steps, 0])
-        live_attn = probe._record_live(model, bank, "attention input", (9, 0), [1, 5])
-        assert torch.equal(live_attn, bank.attention[(9, 0)][[1, 5], 0])
-        first = probe.feature_pca(bank, "self-attention map", "6:0", "auto", model)
-        again = probe.feature_pca(bank, "self-attention map", "6:0", "auto", model)
-        assert torch.equal(first.frames, again.frames) and torch.equal(first.grid, again.grid)
-        assert first.steps == (0, 1, 2, 4, 5) and "t = 901, 801, 701, 501, 401" in first.caption

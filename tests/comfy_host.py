@@ -17,7 +17,9 @@ from pathlib import Path
 
 from find_comfyui import PACK_ROOT, find_comfyui, torchvision_stand_in
 
-PACK_NODE_IDS = ("PnP_DDIMInversion", "PnP_FeatureBank", "PnP_Sampler")
+# The pack's published node IDs (saved in users' workflows: they never change).
+PACK_NODE_IDS = ("PnP_DDIMInversion", "PnP_FeatureBank", "PnP_GenerateGuidance", "PnP_Sampler", "PnP_SaveFeatures",
+                 "PnP_LoadFeatures", "PnP_FeaturePCA")
 
 
 @dataclass
@@ -165,8 +167,8 @@ def run_prompt(prompt: dict, executor=None) -> PromptResult:
     return PromptResult(executor.success, executor.history_result["outputs"], list(server.messages), executor)
 
 
-def new_executor():
-    return runner().new_prompt_executor(RecordingServer())
+def new_executor(keep_outputs: bool = True):
+    return runner().new_prompt_executor(RecordingServer(), keep_outputs)
 
 
 def runner():

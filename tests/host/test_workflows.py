@@ -12,7 +12,7 @@ from PIL import Image
 import guidance_image
 import workflow_specs
 from find_comfyui import PACK_ROOT
-from test_host import PUBLIC_NODE_IDS
+from comfy_host import PACK_NODE_IDS
 
 WORKFLOWS = PACK_ROOT / "workflows"
 NAMES = [make()["name"] for make in workflow_specs.WORKFLOWS]
@@ -45,7 +45,7 @@ def test_workflow_uses_core_nodes_and_ours_only_with_notes(host, name):
     ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
     for node in ui["nodes"]:
         kind = node["type"]
-        if kind in FRONTEND_ONLY or kind in PUBLIC_NODE_IDS:
+        if kind in FRONTEND_ONLY or kind in PACK_NODE_IDS:
             continue
         source = Path(inspect.getsourcefile(nodes.NODE_CLASS_MAPPINGS[kind])).resolve()
         relative = source.relative_to(host.comfy_path)  # raises if the node is not ComfyUI's own

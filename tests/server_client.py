@@ -58,3 +58,14 @@ async def _run(url: str, prompt: dict, cancel_at: tuple[str, int] | None, timeou
 
 def run(server, prompt: dict, cancel_at: tuple[str, int] | None = None, timeout: float = 600.0) -> Run:
     return asyncio.run(_run(server.url, prompt, cancel_at, timeout))
+
+
+def history(server, prompt_id: str, timeout: float = 60.0) -> dict:
+    """The prompt's /history entry; the server writes it just after it reports the prompt's end."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entry = server.get(f"/history/{prompt_id}").get(prompt_id)
+        if entry is not None:
+            return entry
+        time.sleep(0.1)
+    raise TimeoutError(f"no history entry for prompt {prompt_id} within {timeout:.0f} s")

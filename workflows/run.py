@@ -300,8 +300,8 @@ def new_prompt_executor(server, keep_outputs: bool = True):
 
     import execution
 
-    cache_type = False if keep_outputs else getattr(execution.CacheType, "NONE", None) or \
-        execution.CacheType.DEPENDENCY_AWARE
+    none = "NONE" if "NONE" in execution.CacheType.__members__ else "DEPENDENCY_AWARE"
+    cache_type = False if keep_outputs else execution.CacheType[none]
     if "cache_args" in inspect.signature(execution.PromptExecutor).parameters:
         return execution.PromptExecutor(server, cache_type=cache_type,
                                         cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})

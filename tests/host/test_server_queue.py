@@ -42,7 +42,7 @@ def translation(models):
 
 
 def _saved_latent(server, run: server_client.Run, node_id: str) -> torch.Tensor:
-    saved = server.get(f"/history/{run.prompt_id}")[run.prompt_id]["outputs"][node_id]["latents"][0]
+    saved = server_client.history(server, run.prompt_id)["outputs"][node_id]["latents"][0]
     return load_file(str(server.base / "output" / saved["subfolder"] / saved["filename"]))["latent_tensor"]
 
 

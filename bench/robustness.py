@@ -86,12 +86,14 @@ def main() -> None:
     with server:
         for size in map(int, args.sizes.split(",")):
             prompt, refs = translation_prompt(ckpt, steps=args.steps, output="SaveLatent", size=size)
-            latencies = []
+            latencies, unet_calls = [], []
             for _ in range(3):
                 run = server_client.run(server, prompt.api, cancel_at=(refs["bank"].node_id, 1))
                 latencies.append(run.cancel_latency_s)
-            cancels[size] = latencies
-            print(f"{size} px: Cancel latencies {latencies}", flush=True)
+                steps = run.progress_times[refs["inversion"].node_id]
+                unet_calls.append(statistics.median(b - a for a, b in zip(steps, steps[1:])))
+            cancels[size] = latencies, statistics.median(unet_calls)
+            print(f"{size} px: Cancel latencies {latencies}, one inversion step {cancels[size][1]:.3f} s", flush=True)
         prompt, _ = translation_prompt(ckpt, steps=args.steps, output="SaveLatent")
         process = psutil.Process(server.proc.pid)
         for i in range(args.queue):
@@ -108,9 +110,12 @@ def main() -> None:
         *[f"| {label} | {seconds * 1000:.2f} ms | {outcome} |" for label, seconds, outcome in parsed], "",
         f"## Cancel latency of PnP Feature Bank ({args.steps} steps, batch_size 0 = auto)", "",
         "From /interrupt, posted when the bank reports its first recorded timestep, to the server's "
-        "`execution_interrupted` (3 runs each, median and worst):", "",
-        "| image | median | worst |", "| ---: | ---: | ---: |",
-        *[f"| {size} px | {statistics.median(v):.2f} s | {max(v):.2f} s |" for size, v in cancels.items()], "",
+        "`execution_interrupted` (3 runs each, median and worst), beside the median time of one PnP DDIM "
+        "Inversion step of the same runs (one single-timestep UNet call, one row) under the same load:", "",
+        "| image | median | worst | one single-timestep UNet call | worst / one call |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+        *[f"| {size} px | {statistics.median(v):.2f} s | {max(v):.2f} s | {call:.2f} s | {max(v) / call:.1f} |"
+          for size, (v, call) in cancels.items()], "",
         f"## Server RSS over {args.queue} translations queued back to back (64 px, `--cache-none`)", "",
         ", ".join(f"{r:.1f}" for r in rss) + " MiB", "",
         f"Growth after the first two runs: {max(rss[2:]) - rss[2]:.1f} MiB (max), last minus third: "

@@ -42,6 +42,8 @@ REQUIRED = (
     "comfy.model_patcher.ModelPatcher.clone",
     "comfy.model_patcher.ModelPatcher.get_model_object",
     "comfy.model_patcher.ModelPatcher.set_model_attn1_patch",
+    "comfy.model_patcher.ModelPatcher.set_model_input_block_patch",
+    "comfy.model_patcher.ModelPatcher.set_model_output_block_patch",
     "comfy.model_base.BaseModel.memory_required",
     "comfy.model_base.BaseModel.process_latent_in",
     "comfy.model_sampling.EPS",

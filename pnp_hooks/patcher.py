@@ -265,6 +265,26 @@ def with_pnp_sites(model, handler, step_sigmas: torch.Tensor, negative_alphas: l
     return clone
 
 
+def _cancel_after_input_block(h, transformer_options):
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    return h
+
+
+def _cancel_before_output_block(h, hsp, transformer_options):
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    return h, hsp
+
+
+def with_cancel_between_blocks(model):
+    """A clone whose UNet calls honour Cancel after every input block and before every output block
+    (``input_block_patch``, ``output_block_patch``, tensors passed through unchanged): a call that carries
+    several timesteps stops within one block of it, not at its end."""
+    clone = model.clone()
+    clone.set_model_input_block_patch(_cancel_after_input_block)
+    clone.set_model_output_block_patch(_cancel_before_output_block)
+    return clone
+
+
 def with_next_timestep_labels(model, next_label: dict[int, int]):
     """A clone whose UNet sees timestep ``next_label[t]`` where ComfyUI derived ``t``.
 

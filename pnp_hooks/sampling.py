@@ -131,7 +131,8 @@ def _source_pass(model, x, sigmas, extra_args=None, callback=None, disable=None,
     ``latent_sigmas`` (S,). Rows are independent given the trajectory, so a call
     batches ``rows_per_call(device)`` timesteps; the handler on the model keeps
     each row's tensors under its own step. Progress moves once per timestep;
-    Cancel is honoured between calls. ``x`` is returned unchanged.
+    Cancel is honoured between calls and, on the clone ``record_bank`` makes,
+    between the UNet blocks of a call. ``x`` is returned unchanged.
     """
     extra_args = {} if extra_args is None else extra_args
     total = len(latent_sigmas)
@@ -170,7 +171,7 @@ def record_bank(model, trajectory: Trajectory, conditioning, sites: LayerSites, 
                         comfy.model_management.intermediate_device(), storage_dtype)
     if recorded_steps:
         sigmas = facts.sigmas_at(list(trajectory.timesteps[:recorded_steps]))
-        clone = patcher.with_pnp_sites(model, recorder, sigmas)
+        clone = patcher.with_cancel_between_blocks(patcher.with_pnp_sites(model, recorder, sigmas))
         sampler = comfy.samplers.KSAMPLER(_source_pass, extra_options={
             "latents": facts.latent_format.process_in(trajectory.latents[:recorded_steps]),
             "latent_sigmas": sigmas,

@@ -22,6 +22,7 @@ class Run:
     end: str  # one of ENDS
     cancel_latency_s: float | None  # from /interrupt to "execution_interrupted"
     executed: list[str]  # node ids in the order the server started them
+    progress_times: dict[str, list[float]]  # node id -> monotonic time of each of its progress messages
 
 
 async def _run(url: str, prompt: dict, cancel_at: tuple[str, int] | None, timeout: float) -> Run:
@@ -34,7 +35,7 @@ async def _run(url: str, prompt: dict, cancel_at: tuple[str, int] | None, timeou
                 body = await answer.json()
             if answer.status != 200:
                 raise AssertionError(f"the server refused the prompt: {body}")
-            prompt_id, executed, interrupted_at = body["prompt_id"], [], None
+            prompt_id, executed, interrupted_at, progress_times = body["prompt_id"], [], None, {}
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 message = await ws.receive(timeout=deadline - time.monotonic())
@@ -46,13 +47,15 @@ async def _run(url: str, prompt: dict, cancel_at: tuple[str, int] | None, timeou
                     continue
                 if kind == "executing" and data.get("node") is not None:
                     executed.append(str(data["node"]))
+                if kind == "progress":
+                    progress_times.setdefault(str(data.get("node")), []).append(time.monotonic())
                 if (cancel_at and interrupted_at is None and kind == "progress"
                         and str(data.get("node")) == cancel_at[0] and data.get("value", 0) >= cancel_at[1]):
                     async with session.post(f"{url}/interrupt"):
                         interrupted_at = time.monotonic()
                 if kind in ENDS:
                     latency = time.monotonic() - interrupted_at if interrupted_at and kind == ENDS[2] else None
-                    return Run(prompt_id, kind, latency, executed)
+                    return Run(prompt_id, kind, latency, executed, progress_times)
     raise TimeoutError(f"prompt {prompt_id} did not end within {timeout:.0f} s")
 
 

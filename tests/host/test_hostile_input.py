@@ -155,3 +155,27 @@ def test_feature_bank_stops_within_one_unet_call_of_cancel_and_reports_each_time
         comfy.model_management.interrupt_current_processing(False)
     assert counter.rows == [1] and seen == [1]  # Cancel is honoured before the next call
     assert all(not m._forward_hooks for m in large.model.model.diffusion_model.modules())
+
+
+def test_feature_bank_stops_inside_a_batched_unet_call_at_cancel(host, models):
+    """At 64 px one source-pass call carries every recorded timestep (up to 16); Cancel during its encoder stops
+    it before the decoder (the recording clone checks after every input block and before every output block)."""
+    import comfy.model_management
+
+    small = Translation.make(models, steps=STEPS)
+    unet = small.model.model.diffusion_model
+    decoder_blocks_run = []
+
+    def cancel_in_the_encoder(module, args, output):
+        comfy.model_management.interrupt_current_processing(True)
+
+    hooks = [unet.input_blocks[1][0].register_forward_hook(cancel_in_the_encoder),
+             unet.output_blocks[0][0].register_forward_hook(lambda *_: decoder_blocks_run.append(0))]
+    try:
+        with UNetRows() as counter, pytest.raises(comfy.model_management.InterruptProcessingException):
+            run_node("PnP_FeatureBank", model=small.model, inversion=small.inversion, conditioning=small.empty)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        comfy.model_management.interrupt_current_processing(False)
+    assert len(counter.rows) == 1 and counter.rows[0] > 1 and decoder_blocks_run == []

@@ -37,6 +37,7 @@ import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from functools import partial  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -261,7 +262,7 @@ def main() -> None:
             print(f"[{time.time() - started:7.1f} s] {label}: repeat {r + 1}/{repeats} done", flush=True)
         if (layout, size) in official:
             bench.run(f"Official inversion ({OFFICIAL_INVERSION_STEPS} steps)",
-                      lambda: bench.invert(OFFICIAL_INVERSION_STEPS))
+                      partial(bench.invert, OFFICIAL_INVERSION_STEPS))
             print(f"[{time.time() - started:7.1f} s] {label}: official inversion done", flush=True)
         memory = bench.memory(host)
         memory["rss_peak"] = monitor.highest

@@ -370,7 +370,8 @@ def main(argv: list[str]) -> int:
         if args.mask is not None:
             check_image(args.mask, "--mask")
         # option errors before the slow start-up
-        apply_options(json.loads(json.dumps(prompt)), args, args.image and args.image.name, args.mask and args.mask.name)
+        apply_options(json.loads(json.dumps(prompt)), args, args.image and args.image.name,
+                      args.mask and args.mask.name)
         comfy_path = find_comfyui(args.comfyui)
         print(f"workflow {source}; ComfyUI {comfy_path}", file=sys.stderr, flush=True)
         boot_comfyui(comfy_path, comfy_args)

@@ -73,7 +73,8 @@ def test_workflow_carries_the_paper_defaults(name):
     assert samplers
     for s in samplers:
         assert (s["cfg"], s["feature_injection"], s["attention_injection"], s["steps"]) == (7.5, 0.8, 0.5, 0)
-        assert (s["threshold_convention"], s["final_step"], s["injection_strength"]) == ("pnp-diffusers", "official", 1.0)
+        assert (s["threshold_convention"], s["final_step"], s["injection_strength"]) == \
+            ("pnp-diffusers", "official", 1.0)
     titles = [n["_meta"]["title"] for n in api.values() if n["class_type"] == "CLIPTextEncode"]
     assert any(t.startswith("Target prompt") for t in titles), titles
 

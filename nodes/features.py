@@ -23,8 +23,8 @@ def _bank_inputs() -> list:
         *layer_inputs(),
         io.Int.Input("batch_size", default=0, min=0, max=64, tooltip=(
             "Timesteps evaluated per UNet call while recording; the bank is the same for any value (up to fp32 "
-            "rounding). 0 = auto: by image size, 16 at 64 px, 4 at 128 px, 1 from 256 px up (so Cancel waits for "
-            "one timestep at most), within ComfyUI's memory estimate.")),
+            "rounding). 0 = auto: by image size, 16 at 64 px, 4 at 128 px, 1 from 256 px up, within ComfyUI's "
+            "memory estimate. Cancel stops a call between its UNet blocks.")),
         io.Combo.Input("mode", options=list(BANK_MODES), default=BANK_MODES[0], optional=True, tooltip=(
             "stored: record the source tensors now (fp16: ~370 MB at 512x512 SD1.5) and sample at the "
             "cost of a plain KSampler. on the fly: store nothing; PnP Sampler runs the source pass of each "

@@ -53,8 +53,11 @@ def labelled_grid(images: torch.Tensor, labels: list[str], columns: int) -> torc
     return _to_image(sheet)
 
 
-def _ticks(low: float, high: float, count: int = 5) -> list[float]:
-    return [low + (high - low) * i / (count - 1) for i in range(count)]
+def _ticks(low: float, high: float, count: int = 5) -> list[tuple[float, str]]:
+    """Evenly spaced tick values and their labels, with as many decimals as the span needs to tell them apart."""
+    step = (high - low) / (count - 1)
+    decimals = max(0, 1 - math.floor(math.log10(step)))
+    return [(low + step * i, f"{low + step * i:.{decimals}f}") for i in range(count)]
 
 
 def tradeoff_plot(scored: list[ScoredCell], width: int = 720, height: int = 540) -> torch.Tensor:
@@ -77,14 +80,14 @@ def tradeoff_plot(scored: list[ScoredCell], width: int = 720, height: int = 540)
         return left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - top)
 
     draw.rectangle((left, top, right, bottom), outline=INK)
-    for value in _ticks(x0, x1):
+    for value, text in _ticks(x0, x1):
         px, _ = at(value, y0)
         draw.line((px, bottom, px, bottom + 5), fill=INK)
-        draw.text((px, bottom + 8), f"{value:.3g}", fill=INK, font=small, anchor="mt")
-    for value in _ticks(y0, y1):
+        draw.text((px, bottom + 8), text, fill=INK, font=small, anchor="mt")
+    for value, text in _ticks(y0, y1):
         _, py = at(x0, value)
         draw.line((left - 5, py, left, py), fill=INK)
-        draw.text((left - 8, py), f"{value:.3g}", fill=INK, font=small, anchor="rm")
+        draw.text((left - 8, py), text, fill=INK, font=small, anchor="rm")
     draw.text(((left + right) / 2, height - 30), "structure distance (lower = more guidance structure)",
               fill=INK, font=font, anchor="mm")
     draw.text((left, 12), "text score (higher = follows the prompt more)", fill=INK, font=font)

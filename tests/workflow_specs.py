@@ -327,7 +327,7 @@ def sweep() -> dict:
         _node(14, "CLIPLoader", [20, 860], {"clip_name": CLIP_G, "type": "stable_diffusion"},
               title="Text encoder of the text model (CLIP-G)", size=[330, 110],
               models=[{"name": CLIP_G, "url": CLIP_G_URL, "directory": "text_encoders"}]),
-        _text(15, (400, 660), "Text-score prompt (the target prompt, encoded by CLIP-G)", target, size=(380, 150)),
+        _text(15, (400, 660), "Text-score prompt (CLIP-G)", target, size=(380, 150)),
         _node(16, "PnP_ThresholdSweep", [830, 560], {"feature_injection_values": "0.4, 0.6, 0.8",
                                                      "attention_injection_values": "0.2, 0.5",
                                                      "injection_strength_values": "1.0", "cfg": 7.5},

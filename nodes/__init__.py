@@ -4,8 +4,9 @@ from __future__ import annotations
 from .features import PnPFeatureBank, PnPGenerateGuidance
 from .files import PnPLoadFeatures, PnPSaveFeatures
 from .inversion import PnPDDIMInversion
+from .metrics import PnPStructureScore, PnPTextScore, PnPThresholdSweep
 from .sampler import PnPSampler
 from .visualize import PnPFeaturePCA
 
 NODES = [PnPDDIMInversion, PnPFeatureBank, PnPGenerateGuidance, PnPSampler, PnPSaveFeatures, PnPLoadFeatures,
-         PnPFeaturePCA]
+         PnPFeaturePCA, PnPStructureScore, PnPTextScore, PnPThresholdSweep]

@@ -147,6 +147,17 @@ class InjectingStep:
         return InjectingCall(self, tuple(branch_of(c, branches) for c in cond_or_uncond for _ in range(per)))
 
 
+def check_plan_fits(plan: InjectionPlan, recorded_steps: tuple[int, int]) -> None:
+    """The bank holds every step ``plan`` injects (``recorded_steps``: its ResBlock and attention step counts)."""
+    if plan.feature_steps > recorded_steps[0] or plan.attention_steps > recorded_steps[1]:
+        raise PnPInputError(
+            f"The sampler injects ResBlock features for {plan.feature_steps} and attention for "
+            f"{plan.attention_steps} of {plan.steps} steps, but the feature bank holds only "
+            f"{recorded_steps[0]} and {recorded_steps[1]}. Raise feature_injection/attention_injection "
+            f"on PnP Feature Bank (it records only what it is asked for) or lower them here."
+        )
+
+
 class Injector:
     """Replaces the target's tensors at the sites with the source's, below the thresholds.
 
@@ -156,13 +167,7 @@ class Injector:
 
     def __init__(self, sites: LayerSites, source, plan: InjectionPlan, recorded_steps: tuple[int, int],
                  strength: float = 1.0, mask: torch.Tensor | None = None):
-        if plan.feature_steps > recorded_steps[0] or plan.attention_steps > recorded_steps[1]:
-            raise PnPInputError(
-                f"The sampler injects ResBlock features for {plan.feature_steps} and attention for "
-                f"{plan.attention_steps} of {plan.steps} steps, but the feature bank holds only "
-                f"{recorded_steps[0]} and {recorded_steps[1]}. Raise feature_injection/attention_injection "
-                f"on PnP Feature Bank (it records only what it is asked for) or lower them here."
-            )
+        check_plan_fits(plan, recorded_steps)
         self.sites = sites
         self.source = source
         self.plan = plan

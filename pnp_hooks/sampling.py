@@ -257,8 +257,11 @@ def pnp_guider(model, positive, negative, bank: FeatureBank, cfg: float, plan: I
 
 def translate(model, positive, negative, bank: FeatureBank, cfg: float, plan: InjectionPlan, final_step: str,
               strength: float = 1.0, mask: torch.Tensor | None = None, paper_negative=None,
-              negative_alphas: list[float] | None = None) -> torch.Tensor:
-    """PnP sampling: DDIM from the bank's x_T on its timesteps, injecting below the thresholds."""
+              negative_alphas: list[float] | None = None, callback=None) -> torch.Tensor:
+    """PnP sampling: DDIM from the bank's x_T on its timesteps, injecting below the thresholds.
+
+    ``callback(step, x0, x, total)``: per-step progress; default ComfyUI's progress bar with previews.
+    """
     if final_step not in FINAL_STEPS:
         raise PnPInputError(f"final_step must be one of {FINAL_STEPS}, got {final_step!r}.")
     facts = patcher.model_facts(model)
@@ -267,6 +270,7 @@ def translate(model, positive, negative, bank: FeatureBank, cfg: float, plan: In
     sigmas = torch.cat([facts.sigmas_at(list(bank.trajectory.timesteps)), torch.tensor([final_sigma])])
     x_T = bank.trajectory.x_T()
     out = guider.sample(torch.zeros_like(x_T), x_T, comfy.samplers.ksampler("euler"), sigmas,
-                        callback=_progress(guider.model_patcher, bank.steps), disable_pbar=_disable_pbar(), seed=0)
+                        callback=callback or _progress(guider.model_patcher, bank.steps), disable_pbar=_disable_pbar(),
+                        seed=0)
     # Official: the last DDIM step lands on alpha_bar(0) and returns z = sqrt(alpha_bar(0)) * x.
     return out.float().cpu() / (1.0 + final_sigma ** 2) ** 0.5

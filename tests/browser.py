@@ -278,6 +278,8 @@ class Frontend:
 FAST_STEPS = 3
 FAST_SIZE = 64
 OUTPUT_NODE_TYPES = ("SaveImage", "PreviewImage")
+# PnP Threshold Sweep's grid, kept to two cells (each cell is one sampling and two scorings).
+SWEEP_CELLS = {"feature_injection_values": "0.4, 0.8", "attention_injection_values": "0.5"}
 # The random checkpoint layout (tests/checkpoints.py) standing in for each checkpoint the workflows name.
 TEST_LAYOUTS = {workflow_specs.CHECKPOINT: "sd15_reduced", workflow_specs.SDXL_CHECKPOINT: "sdxl_reduced"}
 
@@ -292,6 +294,8 @@ def fast_changes(api: dict) -> dict[int, dict[str, object]]:
             changes[int(node_id)] = {"width": FAST_SIZE, "height": FAST_SIZE}
         if node["class_type"] == "PnP_FeaturePCA":
             changes[int(node_id)] = {"frame_width": FAST_SIZE}
+        if node["class_type"] == "PnP_ThresholdSweep":
+            changes[int(node_id)] = dict(SWEEP_CELLS)
     return changes
 
 
@@ -433,12 +437,13 @@ def small_inputs(folder: Path, size: int = FAST_SIZE) -> dict[str, Path]:
 
 
 def server_for_workflows(base: Path, checkpoints: dict[str, Path], controlnet: Path,
-                         frontend: FrontendBuild | None = None) -> ComfyServer:
+                         frontend: FrontendBuild | None = None,
+                         score_models: dict[str, dict[str, Path]] | None = None) -> ComfyServer:
     """A server whose model folders hold random models under the names the shipped workflows use.
 
     ``checkpoints``: the random checkpoint file for each layout of ``TEST_LAYOUTS``; ``frontend``: the one to
-    serve (default: the pinned one).
+    serve (default: the pinned one); ``score_models``: ``vision_models.workflow_model_files``.
     """
     return ComfyServer(base, {"checkpoints": {name: checkpoints[layout] for name, layout in TEST_LAYOUTS.items()},
-                              "controlnet": {workflow_specs.CONTROLNET: controlnet}},
+                              "controlnet": {workflow_specs.CONTROLNET: controlnet}, **(score_models or {})},
                        small_inputs(base / "small-inputs"), frontend)

@@ -28,6 +28,7 @@ import checkpoints  # noqa: E402
 import extra_models  # noqa: E402
 import guidance_image  # noqa: E402
 import comfy_host  # noqa: E402
+import vision_models  # noqa: E402
 import workflow_specs  # noqa: E402
 from conftest import CACHE_DIR  # noqa: E402
 
@@ -48,7 +49,9 @@ def main(names: list[str]) -> None:
         host.models_dir / "controlnet", extra_models.controlnet_name(), extra_models.build_controlnet)
     guidance_image.write()
     (WORKFLOWS / "api").mkdir(exist_ok=True)
-    with browser.server_for_workflows(work / "server", ckpts, cn) as server, browser.chromium() as chromium:
+    score_models = vision_models.workflow_model_files(CACHE_DIR / "clip_vision")
+    with browser.server_for_workflows(work / "server", ckpts, cn, score_models=score_models) as server, \
+            browser.chromium() as chromium:
         frontend = browser.Frontend(chromium, server)
         for spec in specs:
             if names and spec["name"] not in names:

@@ -55,3 +55,15 @@ class ModelCache:
 @pytest.fixture(scope="session")
 def models(host):
     return ModelCache(host)
+
+
+@pytest.fixture(scope="session")
+def vision_models(host):
+    """File names (by kind, ``vision_models.VISION_MODELS``) of the random vision models, in a registered
+    clip_vision folder (built once, cached with the checkpoints)."""
+    import folder_paths
+    import vision_models as builder
+
+    folder = CACHE_DIR / "clip_vision"
+    folder_paths.add_model_folder_path("clip_vision", str(folder), is_default=True)
+    return {kind: builder.ensure_vision_model(kind, folder) for kind in builder.VISION_MODELS}

@@ -18,6 +18,12 @@ SDXL_SIZE = 1024
 CONTROLNET = "control_v11p_sd15_canny_fp16.safetensors"
 CONTROLNET_URL = ("https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
                   "control_v11p_sd15_canny_fp16.safetensors")
+DINOV2 = "dinov2_vitl14.safetensors"
+DINOV2_URL = "https://huggingface.co/facebook/dinov2-large/resolve/main/model.safetensors"
+CLIP_VISION_G = "clip_vision_g.safetensors"
+CLIP_VISION_G_URL = "https://huggingface.co/comfyanonymous/clip_vision_g/resolve/main/clip_vision_g.safetensors"
+CLIP_G = "clip_g.safetensors"
+CLIP_G_URL = "https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/text_encoders/clip_g.safetensors"
 GUIDANCE_IMAGE = "pnp_guidance.png"
 GUIDANCE_MASK = "pnp_guidance_mask.png"
 NEGATIVE = "ugly, blurry, black, low res, unrealistic"
@@ -308,7 +314,56 @@ def sdxl() -> dict:
     return {"name": "pnp_sdxl", "nodes": nodes, "links": links}
 
 
-WORKFLOWS = [real_image, generated_guidance, several_prompts, controlnet, mask, feature_pca, sdxl]
+def sweep() -> dict:
+    target = "a photo of a gingerbread house on a snowy hill, winter"
+    nodes, links = _real_image_core(target, "pnp/sweep")
+    nodes = [n for n in nodes if n["id"] not in (9, 10, 11)]  # the sweep samples instead of one PnP Sampler
+    links = [link for link in links if 9 not in (link[0], link[2]) and 10 not in (link[0], link[2])]
+    nodes += [
+        _node(12, "CLIPVisionLoader", [20, 660], {"clip_name": DINOV2}, title="Structure model (DINOv2)",
+              size=[330, 60], models=[{"name": DINOV2, "url": DINOV2_URL, "directory": "clip_vision"}]),
+        _node(13, "CLIPVisionLoader", [20, 760], {"clip_name": CLIP_VISION_G}, title="Text model (CLIP ViT-bigG)",
+              size=[330, 60], models=[{"name": CLIP_VISION_G, "url": CLIP_VISION_G_URL, "directory": "clip_vision"}]),
+        _node(14, "CLIPLoader", [20, 860], {"clip_name": CLIP_G, "type": "stable_diffusion"},
+              title="Text encoder of the text model (CLIP-G)", size=[330, 110],
+              models=[{"name": CLIP_G, "url": CLIP_G_URL, "directory": "text_encoders"}]),
+        _text(15, (400, 660), "Text-score prompt (CLIP-G)", target, size=(380, 150)),
+        _node(16, "PnP_ThresholdSweep", [830, 560], {"feature_injection_values": "0.4, 0.6, 0.8",
+                                                     "attention_injection_values": "0.2, 0.5",
+                                                     "injection_strength_values": "1.0", "cfg": 7.5},
+              color=COLOR_PNP, size=[320, 470]),
+        _node(17, "SaveImage", [1200, 40], {"filename_prefix": "pnp/sweep_grid"}, title="Sweep grid",
+              size=[560, 480]),
+        _node(18, "PreviewImage", [1800, 40], title="Trade-off plot (front in red)", size=[560, 480]),
+        _node(19, "PreviewAny", [1200, 580], title="Scores per cell", size=[1160, 300]),
+    ]
+    links += [
+        (14, 0, 15, "clip"),
+        (1, 0, 16, "model"), (3, 0, 16, "positive"), (4, 0, 16, "negative"), (8, 0, 16, "features"),
+        (1, 2, 16, "vae"), (5, 0, 16, "guidance"), (12, 0, 16, "structure_model"), (13, 0, 16, "text_model"),
+        (15, 0, 16, "text_prompt"),
+        (16, 0, 17, "images"), (16, 1, 18, "images"), (16, 2, 19, "source"),
+    ]
+    nodes.append(_note(20, [1200, 940], [1160, 420],
+                       "## Choose the thresholds by measurement\n"
+                       "**PnP Threshold Sweep** runs PnP Sampler for every `feature_injection` (τ_f, columns) x "
+                       "`attention_injection` (τ_A, rows) from the one bank (6 cells = 6 samplings) and scores "
+                       "each result as the paper does: **structure distance** to the guidance image (DINOv2 "
+                       "self-similarity of the last layer's keys, lower = more of the layout kept) and **text "
+                       "score** (CLIP cosine of the result and the prompt, higher = follows the prompt). The plot "
+                       "draws one against the other; red cells are on the trade-off front: no other cell is "
+                       "better in both. Pick one of them, then use its τ_f / τ_A on PnP Sampler.\n\n"
+                       "**Models** (`models/clip_vision`): `dinov2_vitl14.safetensors` = facebook/dinov2-large's "
+                       "model.safetensors; `clip_vision_g.safetensors`. The text score needs the prompt in CLIP "
+                       "ViT-bigG's joint space: SD 1.x's own CLIP gives an unprojected pooled embedding, so the "
+                       "prompt is encoded again by `clip_g.safetensors` (`models/text_encoders`); keep its text "
+                       "the same as the target prompt. With an SDXL checkpoint, connect its target prompt "
+                       "directly. The bank must record the largest values swept (here 0.8 / 0.5).\n\n"
+                       + _HOW_TO_INPUT))
+    return {"name": "pnp_sweep", "nodes": nodes, "links": links}
+
+
+WORKFLOWS = [real_image, generated_guidance, several_prompts, controlnet, mask, feature_pca, sdxl, sweep]
 
 # Builds a spec in the page with the frontend's own LiteGraph classes and returns what it serialises.
 BUILD_JS = """

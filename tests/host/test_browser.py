@@ -11,7 +11,8 @@ changed nothing of the file on opening it; its graphToPrompt equals the shipped
 API twin; lower steps/size (CPU), queue with the frontend's queuePrompt (the Run
 button); the server accepts it (no validation error), runs it, and every
 Save/Preview Image node shows its image in the UI; PnP Feature PCA captions
-name the chosen view and layer, read from the bank. The SDXL workflow runs on
+name the chosen view and layer, read from the bank; PnP Threshold Sweep (two
+cells here) shows its grid, plot and a table line per cell. The SDXL workflow runs on
 the random SDXL-layout checkpoint under its SDXL checkpoint name. Screenshots
 are kept in $PNP_SCREENSHOTS/<frontend version> (default .test-artifacts/screenshots).
 Last per frontend: the page checks do see a missing node type and a toast.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import re
 import time
@@ -29,7 +31,9 @@ import pytest
 
 import browser
 import extra_models
+import vision_models
 import workflow_specs
+from conftest import CACHE_DIR
 from find_comfyui import PACK_ROOT, find_comfyui
 
 WORKFLOWS = PACK_ROOT / "workflows"
@@ -56,7 +60,9 @@ def server(host, models, frontend_build, tmp_path_factory):
     controlnet = host.models_dir / "controlnet" / extra_models.ensure(
         host.models_dir / "controlnet", extra_models.controlnet_name(), extra_models.build_controlnet)
     started = time.monotonic()
-    with browser.server_for_workflows(tmp_path_factory.mktemp("server"), ckpts, controlnet, frontend_build) as srv:
+    score_models = vision_models.workflow_model_files(CACHE_DIR / "clip_vision")
+    with browser.server_for_workflows(tmp_path_factory.mktemp("server"), ckpts, controlnet, frontend_build,
+                                      score_models) as srv:
         print(f"\nComfyUI server ready in {time.monotonic() - started:.1f} s")
         yield srv
 
@@ -89,6 +95,12 @@ def test_workflow_opens_queues_and_shows_its_images(host, frontend, frontend_bui
     frames = {}  # PnP Feature PCA node -> number of steps it shows, from its caption
     for node_id, text in result["texts"].items():
         pca_id = api[node_id]["inputs"]["source"][0]
+        if api[pca_id]["class_type"] == "PnP_ThresholdSweep":  # its table: a header and one line per cell
+            cells = math.prod(len(v.split(",")) for v in browser.SWEEP_CELLS.values())
+            lines = text[0].splitlines()
+            assert lines[0].split()[:3] == ["cell", "feature_injection", "attention_injection"], text
+            assert [line.split()[0] for line in lines[1:cells + 1]] == [str(i) for i in range(1, cells + 1)], text
+            continue
         view = api[pca_id]["inputs"]
         site = "ResBlock" if view["view"] == "resblock" else "attention"
         layer = "" if view["layer"] == "auto" else view["layer"]
@@ -98,11 +110,14 @@ def test_workflow_opens_queues_and_shows_its_images(host, frontend, frontend_bui
     padding = inspect.signature(host.pack_module("pnp_hooks.visualize").grid).parameters["padding"].default
     for node_id, images in result["images"].items():
         assert images, node_id
-        source = api[str(node_id)]["inputs"]["images"][0]
+        source, slot = api[str(node_id)]["inputs"]["images"]
         count = frames.get(source, 1)  # a PCA grid: its frames side by side
+        expected = (count * browser.FAST_SIZE + (count - 1) * padding, browser.FAST_SIZE)
+        if api[source]["class_type"] == "PnP_ThresholdSweep":  # its grid (one column per tau_f) or plot
+            columns = len(browser.SWEEP_CELLS["feature_injection_values"].split(","))
+            expected = (columns * browser.FAST_SIZE, None) if slot == 0 else (720, 540)
         for width, height, src in images:
-            assert (width, height) == (count * browser.FAST_SIZE + (count - 1) * padding, browser.FAST_SIZE), \
-                (node_id, width, height)
+            assert (width, height if expected[1] else None) == expected, (node_id, width, height)
             assert "/view?" in src
     assert (screenshots / f"{name}.jpg").stat().st_size > 10_000
     page_errors = [e for e in frontend.console_errors if e.startswith("pageerror") and "PnP" in e]

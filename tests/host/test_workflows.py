@@ -69,12 +69,18 @@ def test_workflow_carries_the_paper_defaults(name):
     for bank in by_type.get("PnP_FeatureBank", []) + by_type.get("PnP_GenerateGuidance", []):
         assert (bank["resblock_layers"], bank["attention_layers"]) == ("auto", "auto")
         assert (bank["feature_injection"], bank["attention_injection"]) == (0.8, 0.5)
-    samplers = by_type["PnP_Sampler"]
-    assert samplers
+    samplers = by_type.get("PnP_Sampler", [])
+    sweeps = by_type.get("PnP_ThresholdSweep", [])
+    assert samplers or sweeps
     for s in samplers:
         assert (s["cfg"], s["feature_injection"], s["attention_injection"], s["steps"]) == (7.5, 0.8, 0.5, 0)
         assert (s["threshold_convention"], s["final_step"], s["injection_strength"]) == \
             ("pnp-diffusers", "official", 1.0)
+    for s in sweeps:  # the grid reaches the paper's thresholds, which the bank records
+        values = [[float(v) for v in s[f"{name}_values"].split(",")]
+                  for name in ("feature_injection", "attention_injection", "injection_strength")]
+        assert (s["cfg"], max(values[0]), max(values[1]), values[2]) == (7.5, 0.8, 0.5, [1.0])
+        assert (s["threshold_convention"], s["final_step"]) == ("pnp-diffusers", "official")
     titles = [n["_meta"]["title"] for n in api.values() if n["class_type"] == "CLIPTextEncode"]
     assert any(t.startswith("Target prompt") for t in titles), titles
 

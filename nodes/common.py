@@ -23,11 +23,12 @@ def layer_inputs() -> list:
     return [
         io.String.Input("resblock_layers", default="auto", tooltip=(
             "Decoder blocks whose ResBlock features are injected (output_blocks[b][0], residual branch). "
-            "'auto' = the paper's choice: block 4 for SD1.x/2.x; block 1 for SDXL (see README, Choosing layers).")),
+            "'auto' = the paper's choice: block 4 for SD1.x/2.x; block 1 for SDXL (the node's help, ?, explains "
+            "the layers).")),
         io.String.Input("attention_layers", default="auto", tooltip=(
             "Decoder blocks whose self-attention q and k are injected, as 'block' or 'block:transformer' "
             "(ranges allowed, e.g. '4-11'). 'auto' = the paper's choice: blocks 4-11 for SD1.x/2.x; for SDXL "
-            "blocks 1-5, first transformer of each stack ('1-5:0'; see README, Choosing layers).")),
+            "blocks 1-5, first transformer of each stack ('1-5:0'; the node's help, ?, explains the layers).")),
         io.Float.Input("feature_injection", default=0.8, min=0.0, max=1.0, step=0.01, tooltip=(
             "Largest ResBlock injection threshold (tau_f, fraction of steps) a PnP Sampler will use with this "
             "bank: only those leading steps are recorded. Paper: 0.8.")),

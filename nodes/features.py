@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import logging
 
-from comfy_api.v0_0_2 import io
+from comfy_api.v0_0_2 import io, ui
 
 from ..pnp_hooks import patcher, sampling
 from ..pnp_hooks.bank import BANK_MODES
 from ..pnp_hooks.schedule import recorded_steps
 from .common import BANK_DTYPES, LAYER_TEXT_CHECKS, check_inputs, layer_inputs, queue_time_check, resolve_layers
-from .types import CATEGORY, PnPFeatures, PnPInversion
+from .types import CATEGORY, PnPFeatures, PnPInversion, pnp_schema
 
 log = logging.getLogger("comfyui_pnp")
 
@@ -51,16 +51,17 @@ def _guidance_inputs() -> list:
 class PnPFeatureBank(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return pnp_schema(
             node_id="PnP_FeatureBank",
-            display_name="PnP Feature Bank",
+            display_name="PnP Feature Bank (structure)",
             category=CATEGORY,
             description=(
                 "Records the guidance image's ResBlock features and self-attention inputs from "
                 "UNet(z_t, t, source prompt) at every sampling timestep of the inversion. The bank is "
                 "reused by any number of PnP Samplers (one per target prompt) without recording again."),
             inputs=_bank_inputs(),
-            outputs=[PnPFeatures.Output("features", tooltip="The feature bank for PnP Sampler.")],
+            outputs=[PnPFeatures.Output("features", display_name="features",
+                                        tooltip="The feature bank for PnP Sampler.")],
         )
 
     @classmethod
@@ -77,15 +78,15 @@ class PnPFeatureBank(io.ComfyNode):
         bank = sampling.record_bank(model, inversion, conditioning, sites, feature_steps, attention_steps,
                                     BANK_DTYPES[bank_dtype], batch_size, mode)
         log.info("PnP feature bank: %s", bank.describe())
-        return io.NodeOutput(bank)
+        return io.NodeOutput(bank, ui=ui.PreviewText(bank.summary()))
 
 
 class PnPGenerateGuidance(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return pnp_schema(
             node_id="PnP_GenerateGuidance",
-            display_name="PnP Generate Guidance",
+            display_name="PnP Generate Guidance (structure)",
             category=CATEGORY,
             description=(
                 "The paper's generated-guidance mode: samples a guidance image from a prompt and seed "
@@ -93,8 +94,9 @@ class PnPGenerateGuidance(io.ComfyNode):
                 "be translated without inverting it."),
             inputs=_guidance_inputs(),
             outputs=[
-                PnPFeatures.Output("features", tooltip="The feature bank for PnP Sampler."),
-                io.Latent.Output("guidance_latent", tooltip="The generated guidance image (decode it to see it)."),
+                PnPFeatures.Output("features", display_name="features", tooltip="The feature bank for PnP Sampler."),
+                io.Latent.Output("guidance_latent", display_name="guidance_latent",
+                                 tooltip="The generated guidance image (decode it to see it)."),
             ],
         )
 
@@ -112,4 +114,4 @@ class PnPGenerateGuidance(io.ComfyNode):
         bank, image = sampling.generate_guidance(model, positive, negative, latent["samples"], seed, steps, cfg,
                                                  sites, feature_steps, attention_steps, BANK_DTYPES[bank_dtype])
         log.info("PnP feature bank: %s", bank.describe())
-        return io.NodeOutput(bank, {"samples": image})
+        return io.NodeOutput(bank, {"samples": image}, ui=ui.PreviewText(bank.summary()))

@@ -10,26 +10,36 @@ from comfy_api.v0_0_2 import io, ui
 
 from ..pnp_hooks import bank_file, patcher
 from ..pnp_hooks.errors import PnPInputError
-from .types import CATEGORY, PnPFeatures, PnPInversion
+from .types import BANK_FILES_CATEGORY, PnPFeatures, PnPInversion, pnp_schema
 
 log = logging.getLogger("comfyui_pnp")
 
 BANK_FOLDER = "pnp_banks"
+# The dropdown's only entry while no bank is saved (an empty list shows "undefined" in the frontend).
+NO_BANK_YET = "no bank saved yet: see this node's help (?)"
+NO_BANK_YET_MESSAGE = (
+    "No feature bank is saved in models/pnp_banks yet. Make one: connect PnP Feature Bank (or PnP Generate "
+    "Guidance) to PnP Save Feature Bank and run the graph once, then refresh (R) and pick the file here.")
 
 
 def register_bank_folder() -> None:
-    """Register models/pnp_banks with ComfyUI's folder_paths (idempotent; paths a user configured stay first)."""
-    folder_paths.add_model_folder_path(BANK_FOLDER, os.path.join(folder_paths.models_dir, BANK_FOLDER))
+    """Register models/pnp_banks with ComfyUI's folder_paths and create it (idempotent; paths a user configured
+    stay first)."""
+    default = os.path.join(folder_paths.models_dir, BANK_FOLDER)
+    os.makedirs(default, exist_ok=True)
+    folder_paths.add_model_folder_path(BANK_FOLDER, default)
     paths, _ = folder_paths.folder_names_and_paths[BANK_FOLDER]
     folder_paths.folder_names_and_paths[BANK_FOLDER] = (paths, {bank_file.EXTENSION})
 
 
 def bank_names() -> list[str]:
     register_bank_folder()
-    return folder_paths.get_filename_list(BANK_FOLDER)
+    return folder_paths.get_filename_list(BANK_FOLDER) or [NO_BANK_YET]
 
 
 def _bank_path(bank_name: str):
+    if bank_name == NO_BANK_YET:
+        raise PnPInputError(NO_BANK_YET_MESSAGE)
     register_bank_folder()
     return bank_file.find_bank(bank_name, folder_paths.get_folder_paths(BANK_FOLDER))
 
@@ -37,10 +47,10 @@ def _bank_path(bank_name: str):
 class PnPSaveFeatures(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return pnp_schema(
             node_id="PnP_SaveFeatures",
             display_name="PnP Save Feature Bank",
-            category=CATEGORY,
+            category=BANK_FILES_CATEGORY,
             description=(
                 "Saves a feature bank (with its inversion trajectory and what it was recorded with) as a "
                 "safetensors file in models/pnp_banks, so later sessions translate the same guidance image without "
@@ -55,7 +65,7 @@ class PnPSaveFeatures(io.ComfyNode):
                     "Off: never replaces a file (ComfyUI's counter suffix). On: writes exactly "
                     "<filename_prefix>.safetensors, replacing it if it exists.")),
             ],
-            outputs=[io.String.Output("bank_name", tooltip=(
+            outputs=[io.String.Output("bank_name", display_name="bank_name", tooltip=(
                 "The saved file's name as PnP Load Feature Bank lists it."))],
         )
 
@@ -78,16 +88,16 @@ class PnPSaveFeatures(io.ComfyNode):
         size = bank_file.write_bank(features, path, name)
         log.info("PnP feature bank saved to %s: %d bytes on disk (%d bytes of features); %s", path, size,
                  features.nbytes, features.describe())
-        return io.NodeOutput(name, ui=ui.PreviewText(f"{name}: {size} bytes"))
+        return io.NodeOutput(name, ui=ui.PreviewText(f"saved as {name}\n{size / 1e6:.1f} MB on disk"))
 
 
 class PnPLoadFeatures(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return pnp_schema(
             node_id="PnP_LoadFeatures",
             display_name="PnP Load Feature Bank",
-            category=CATEGORY,
+            category=BANK_FILES_CATEGORY,
             description=(
                 "Loads a feature bank saved by PnP Save Feature Bank. The file is checked before anything is "
                 "loaded: safetensors framing, content hash, and that it was recorded with the MODEL (weights, "
@@ -95,14 +105,15 @@ class PnPLoadFeatures(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The model the bank will be used with; it must be the one it was "
                                                 "recorded with (LoRAs may be added)."),
-                io.Combo.Input("bank_name", options=bank_names(), tooltip="A bank file in models/pnp_banks."),
+                io.Combo.Input("bank_name", options=bank_names(), tooltip=(
+                    "A bank file in models/pnp_banks, saved by PnP Save Feature Bank (press R to refresh the list).")),
                 io.Latent.Input("latent", optional=True, tooltip=(
                     "Optional: the guidance image's latent (or an Empty Latent Image of the size you sample); "
                     "its size must be the bank's.")),
             ],
             outputs=[
-                PnPFeatures.Output("features", tooltip="The feature bank for PnP Sampler."),
-                PnPInversion.Output("inversion", tooltip=(
+                PnPFeatures.Output("features", display_name="features", tooltip="The feature bank for PnP Sampler."),
+                PnPInversion.Output("inversion", display_name="inversion", tooltip=(
                     "The bank's inversion trajectory, e.g. to record another bank with other layers.")),
             ],
         )
@@ -131,4 +142,4 @@ class PnPLoadFeatures(io.ComfyNode):
         bank, meta = bank_file.read_bank(path, bank_name, comfy.model_management.intermediate_device(),
                                          facts.identity, facts.layout, latent_shape)
         log.info("PnP feature bank loaded from %s (pack %s): %s", path, meta.get("pack_version"), bank.describe())
-        return io.NodeOutput(bank, bank.trajectory)
+        return io.NodeOutput(bank, bank.trajectory, ui=ui.PreviewText(f"{bank_name}\n{bank.summary()}"))

@@ -4,13 +4,13 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..pnp_hooks import sampling
-from .types import CATEGORY, PnPInversion
+from .types import CATEGORY, PnPInversion, pnp_schema
 
 
 class PnPDDIMInversion(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return pnp_schema(
             node_id="PnP_DDIMInversion",
             display_name="PnP DDIM Inversion",
             category=CATEGORY,
@@ -29,8 +29,9 @@ class PnPDDIMInversion(io.ComfyNode):
                     "999); the count's timesteps must contain the sampling timesteps.")),
             ],
             outputs=[
-                PnPInversion.Output("inversion", tooltip="The inverted latent at every sampling timestep."),
-                io.Latent.Output("noise", tooltip=(
+                PnPInversion.Output("inversion", display_name="inversion",
+                                    tooltip="The inverted latent at every sampling timestep."),
+                io.Latent.Output("noise", display_name="noise", tooltip=(
                     "The inverted latent at the first sampling timestep (x_T), for other samplers: "
                     "KSampler (Advanced) with add_noise disabled, ddim/ddim_uniform and the same steps.")),
             ],

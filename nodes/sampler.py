@@ -8,7 +8,7 @@ from ..pnp_hooks.bank import check_steps
 from ..pnp_hooks.masks import injection_weight_map
 from ..pnp_hooks.schedule import NEGATIVE_SCHEDULES, THRESHOLD_CONVENTIONS, InjectionPlan, negative_prompt_alphas
 from .common import check_inputs, queue_time_check
-from .types import CATEGORY, PnPFeatures
+from .types import CATEGORY, PnPFeatures, pnp_schema
 
 
 def _sampler_inputs() -> list:
@@ -63,16 +63,16 @@ def _sampler_inputs() -> list:
 class PnPSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return pnp_schema(
             node_id="PnP_Sampler",
-            display_name="PnP Sampler",
+            display_name="PnP Sampler (Plug-and-Play translation)",
             category=CATEGORY,
             description=(
                 "Plug-and-Play translation: deterministic DDIM from the bank's x_T on the bank's timesteps, "
                 "replacing the target's ResBlock features and self-attention q/k by the guidance image's in "
                 "every guidance branch while the step is below the thresholds."),
             inputs=_sampler_inputs(),
-            outputs=[io.Latent.Output("latent", tooltip="The translated image's latent.")],
+            outputs=[io.Latent.Output("latent", display_name="latent", tooltip="The translated image's latent.")],
         )
 
     @classmethod

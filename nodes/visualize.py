@@ -6,16 +6,16 @@ from comfy_api.v0_0_2 import io
 from ..pnp_hooks import probe, visualize
 from ..pnp_hooks.errors import PnPInputError
 from ..pnp_hooks.layers import parse_site
-from .types import CATEGORY, PnPFeatures
+from .types import INSPECT_CATEGORY, PnPFeatures, pnp_schema
 
 
 class PnPFeaturePCA(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return pnp_schema(
             node_id="PnP_FeaturePCA",
             display_name="PnP Feature PCA",
-            category=CATEGORY,
+            category=INSPECT_CATEGORY,
             description=(
                 "The paper's feature visualization (Figs. 2-3; the original's run_features_pca.py and "
                 "run_self_attn_pca.py): the first three principal components of one layer's tensors as RGB, one "
@@ -52,9 +52,12 @@ class PnPFeaturePCA(io.ComfyNode):
                     "record a layer or step the bank does not hold.")),
             ],
             outputs=[
-                io.Image.Output("grid", tooltip="The chosen steps' pictures side by side (left = earliest step)."),
-                io.Image.Output("frames", tooltip="One picture per chosen step, as an image batch."),
-                io.String.Output("caption", tooltip="What is shown: layer, resolution, steps and their timesteps."),
+                io.Image.Output("grid", display_name="grid",
+                                tooltip="The chosen steps' pictures side by side (left = earliest step)."),
+                io.Image.Output("frames", display_name="frames",
+                                tooltip="One picture per chosen step, as an image batch."),
+                io.String.Output("caption", display_name="caption",
+                                 tooltip="What is shown: layer, resolution, steps and their timesteps."),
             ],
         )
 

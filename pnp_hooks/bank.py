@@ -29,6 +29,7 @@ SOURCE_CFG = ("uncond", "cond")
 # How a bank provides the source tensors: recorded beforehand, or computed per step while sampling.
 STORED, ON_THE_FLY = "stored", "on the fly"
 BANK_MODES = (STORED, ON_THE_FLY)
+_DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,19 @@ class FeatureBank:
     def trajectory_nbytes(self) -> int:
         latents = self.trajectory.latents
         return latents.numel() * latents.element_size()
+
+    def summary(self) -> str:
+        """What the bank holds, as the node shows it: steps and sites, bytes, layers, guidance image size."""
+        if self.mode == ON_THE_FLY:
+            held = (f"on the fly, {self.steps} steps, {self.sites.count} sites: nothing stored (PnP Sampler runs "
+                    f"the source pass)")
+        else:
+            dtype = _DTYPE_NAMES.get(self.storage_dtype, self.storage_dtype)
+            held = (f"{self.feature_steps} + {self.attention_steps} of {self.steps} steps, {self.sites.count} sites, "
+                    f"{self.nbytes / 1e6:.1f} MB {dtype}")
+        _, height, width = self.trajectory.latent_shape
+        return (f"{held}\n{self.sites.compact()}\n{self.trajectory.origin} guidance image, "
+                f"{width * 8}x{height * 8} px")
 
     def describe(self) -> str:
         head = f"{self.trajectory.origin} source, {self.steps} steps, {self.sites.describe()}"

@@ -92,6 +92,29 @@ class LayerSites:
         res = ", ".join(map(str, self.resblocks)) or "none"
         return f"ResBlocks [{res}], self-attention [{att}]"
 
+    def compact(self) -> str:
+        """The sites in the layer inputs' own grammar, e.g. "ResBlock 4, attention 4-11:0"."""
+        by_transformer: dict[int, list[int]] = {}
+        for b, j in self.attention:
+            by_transformer.setdefault(j, []).append(b)
+        att = ", ".join(f"{_ranges(blocks)}:{j}" for j, blocks in sorted(by_transformer.items())) or "none"
+        return f"ResBlock {_ranges(self.resblocks) or 'none'}, attention {att}"
+
+    @property
+    def count(self) -> int:
+        return len(self.resblocks) + len(self.attention)
+
+
+def _ranges(numbers) -> str:
+    """Sorted integers as "a-b" runs joined by ",": (4, 5, 6, 9) -> "4-6,9"."""
+    runs: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in runs)
+
 
 def bank_shapes(layout: UNetLayout, sites: LayerSites, latent_hw: tuple[int, int], feature_steps: int,
                 attention_steps: int, branches: int) -> dict[str, tuple[int, ...]]:

@@ -273,6 +273,48 @@ class Frontend:
         kwargs = {"quality": quality, "type": "jpeg"} if str(path).endswith(".jpg") else {}
         self.page.screenshot(path=str(path), **kwargs)
 
+    def screenshot_nodes(self, node_ids: list[int], path: Path, margin: int = 24) -> None:
+        """A picture of these nodes as the canvas draws them: the view is moved to show them at up to 100 %
+        clear of the side and top bars, then put back."""
+        clip = self.page.evaluate(_SHOW_NODES_JS, {"ids": node_ids, "margin": margin, "chrome": SCREEN_CHROME})
+        self.page.mouse.move(VIEWPORT["width"] // 2, 55)
+        self.page.wait_for_timeout(600)  # DOM widgets follow the canvas on the next frames
+        self.page.screenshot(path=str(path), clip=clip)
+        self.page.evaluate("ds => { Object.assign(app.canvas.ds, {scale: ds.scale}); app.canvas.ds.offset[0] = "
+                           "ds.offset[0]; app.canvas.ds.offset[1] = ds.offset[1]; app.canvas.setDirty(true, true); }",
+                           clip["view"])
+
+    def node_boxes(self) -> dict[int, tuple[float, float, float, float]]:
+        """Every node's box as the canvas has it now, (x, y, width, height) with y the top of the body."""
+        boxes = self.page.evaluate("() => app.graph.nodes.map(n => [n.id, [...n.pos, ...n.size]])")
+        return {node_id: tuple(box) for node_id, box in boxes}
+
+    def title_height(self) -> float:
+        return self.page.evaluate("() => LiteGraph.NODE_TITLE_HEIGHT")
+
+
+SCREEN_CHROME = [65, 80]  # px of the frontend's side bar and top bars (over the canvas, or beside it in 1.27)
+# Moves the view so that the given nodes fill the free part of the canvas (clear of the bars) at up to 100 %;
+# returns the page rectangle they occupy (for a clipped screenshot) and the view as it was.
+_SHOW_NODES_JS = """
+({ids, margin, chrome}) => {
+  const ds = app.canvas.ds, title = LiteGraph.NODE_TITLE_HEIGHT;
+  const view = {scale: ds.scale, offset: [...ds.offset]};
+  const nodes = ids.map(id => app.graph.getNodeById(id));
+  const x0 = Math.min(...nodes.map(n => n.pos[0])) - margin, y0 = Math.min(...nodes.map(n => n.pos[1] - title)) - margin;
+  const x1 = Math.max(...nodes.map(n => n.pos[0] + n.size[0])) + margin;
+  const y1 = Math.max(...nodes.map(n => n.pos[1] + n.size[1])) + margin;
+  const rect = app.canvas.canvas.getBoundingClientRect();
+  const left = Math.max(rect.left, chrome[0]), top = Math.max(rect.top, chrome[1]);
+  const scale = Math.min(1, (rect.right - left) / (x1 - x0), (rect.bottom - top) / (y1 - y0));
+  ds.scale = scale;
+  ds.offset[0] = (left - rect.left) / scale - x0;
+  ds.offset[1] = (top - rect.top) / scale - y0;
+  app.canvas.setDirty(true, true);
+  return {x: left, y: top, width: Math.floor((x1 - x0) * scale), height: Math.floor((y1 - y0) * scale), view};
+}
+"""
+
 
 # What the browser test changes before queueing, to keep CPU time small (random reduced model).
 FAST_STEPS = 3
@@ -303,16 +345,24 @@ def fast_changes(api: dict) -> dict[int, dict[str, object]]:
 # it and ComfyUI ignores it; 1.49.6 and 1.58.1 leave it out (the versions between were not checked). The API
 # twins hold the declared inputs only: class_type -> input names a frontend up to this version adds.
 UNDECLARED_INPUTS = {"1.27.10": {"PreviewAny": {"preview"}}}
+# Frontends after 1.49.6 (1.58.1 seen) copy a node's pack properties (cnr_id, aux_id, ver) into the prompt's
+# _meta, which ComfyUI does not read; the twins, saved by 1.27.10, have the title only.
+PACK_META_AFTER = "1.49.6"
+PACK_META = ("cnr_id", "aux_id", "ver")
 
 
 def declared_inputs_only(prompt: dict, frontend_version: str) -> dict:
-    """An API prompt from ``graphToPrompt`` without the inputs this frontend adds that no node declares."""
+    """An API prompt from ``graphToPrompt`` without the inputs this frontend adds that no node declares, and
+    without the pack properties it copies into ``_meta``."""
     undeclared: dict[str, set[str]] = {}
     for upto, inputs in UNDECLARED_INPUTS.items():
         if version_tuple(frontend_version) <= version_tuple(upto):
             undeclared.update(inputs)
+    copies_pack_meta = version_tuple(frontend_version) > version_tuple(PACK_META_AFTER)
     return {node_id: {**node, "inputs": {name: value for name, value in node["inputs"].items()
-                                         if name not in undeclared.get(node["class_type"], ())}}
+                                         if name not in undeclared.get(node["class_type"], ())},
+                      **({"_meta": {k: v for k, v in node["_meta"].items() if k not in PACK_META}}
+                         if copies_pack_meta and "_meta" in node else {})}
             for node_id, node in prompt.items()}
 
 
@@ -436,14 +486,22 @@ def small_inputs(folder: Path, size: int = FAST_SIZE) -> dict[str, Path]:
     return out
 
 
+# Sampling previews on every PnP node and sampler, as most users run ComfyUI (latent2rgb here: no TAESD files).
+PREVIEWS_ON = ("--preview-method", "auto")
+# Every queued workflow runs every node (none is served from another workflow's cache), so each shows its
+# previews and what its bank holds.
+NO_CACHE = ("--cache-none",)
+
+
 def server_for_workflows(base: Path, checkpoints: dict[str, Path], controlnet: Path,
                          frontend: FrontendBuild | None = None,
                          score_models: dict[str, dict[str, Path]] | None = None) -> ComfyServer:
-    """A server whose model folders hold random models under the names the shipped workflows use.
+    """A server whose model folders hold random models under the names the shipped workflows use, with
+    previews on and no cache.
 
     ``checkpoints``: the random checkpoint file for each layout of ``TEST_LAYOUTS``; ``frontend``: the one to
     serve (default: the pinned one); ``score_models``: ``vision_models.workflow_model_files``.
     """
     return ComfyServer(base, {"checkpoints": {name: checkpoints[layout] for name, layout in TEST_LAYOUTS.items()},
                               "controlnet": {workflow_specs.CONTROLNET: controlnet}, **(score_models or {})},
-                       small_inputs(base / "small-inputs"), frontend)
+                       small_inputs(base / "small-inputs"), frontend, PREVIEWS_ON + NO_CACHE)

@@ -1,15 +1,19 @@
-"""Regenerate workflows/*.json (UI format), workflows/api/*.json (API twins) and the .jpg thumbnails.
+"""Regenerate workflows/*.json (UI format), workflows/api/*.json (API twins), the template cards (.jpg), the
+screenshots of workflows/screenshots/ and the help pages' pictures (web/docs/images/).
 
 Run from the repository root with the oldest host's test environment:
 ``COMFYUI_PATH=<ComfyUI v0.3.64> .venvs/comfyui-0.3.64/bin/python tests/build_workflows.py [NAME ...]``
-(names such as ``pnp_sdxl`` rebuild only those workflows; none = all).
+(spec names such as ``pnp_sdxl`` rebuild only those workflows; none = all).
 It boots ComfyUI in-process only to build the random test models, then starts
-the real server and frontend, builds each spec of ``workflow_specs`` in the
-page, saves what the frontend serialises, re-opens the saved file through the
-UI, runs it small and screenshots the result as the thumbnail. Saved by the
-oldest frontend (1.27.10), the files open unchanged in the newer ones (README,
-Workflows); the API twins leave out the input 1.27.10 adds that no node
-declares (``browser.UNDECLARED_INPUTS``).
+the real server (previews on, as most users run it) and frontend, builds each
+spec of ``workflow_specs`` in the page, lays it out (``workflow_specs.settle``),
+saves what the frontend serialises under the spec's file name
+(``workflow_specs.file_stems``), re-opens the saved file through the UI, runs it
+small, screenshots the result (workflows/screenshots/<name>.jpg, for the README)
+and draws the template card (``template_cards``). Saved by the oldest frontend
+(1.27.10), the files open unchanged in the newer ones (README, Workflows); the
+API twins leave out the input 1.27.10 adds that no node declares
+(``browser.UNDECLARED_INPUTS``).
 """
 from __future__ import annotations
 
@@ -29,11 +33,35 @@ import extra_models  # noqa: E402
 import guidance_image  # noqa: E402
 import comfy_host  # noqa: E402
 import vision_models  # noqa: E402
+import template_cards  # noqa: E402
 import workflow_specs  # noqa: E402
 from conftest import CACHE_DIR  # noqa: E402
 
 WORKFLOWS = guidance_image.WORKFLOWS
-CHROME = [65, 80]  # px of the frontend's side bar and top bars over the canvas
+SCREENSHOTS = WORKFLOWS / "screenshots"
+HELP_IMAGES = WORKFLOWS.parent / "web" / "docs" / "images"
+# Help page pictures: node id -> (workflow spec, the nodes shown), taken after the workflow's run.
+HELP_PICTURES = {"PnP_FeatureBank": ("pnp_real_image", [8]),
+                 "PnP_Sampler": ("pnp_real_image", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]),
+                 "PnP_FeaturePCA": ("pnp_feature_pca", [30, 31, 32])}
+
+
+def build(frontend: browser.Frontend, spec: dict) -> dict:
+    """The spec built, laid out and serialised by the frontend: {"workflow": UI file, "output": API prompt}."""
+    page_spec = {**spec, "preview_types": list(workflow_specs.PREVIEW_NODE_TYPES),
+                 "preview_room": workflow_specs.PREVIEW_ROOM}
+    created = frontend.page.evaluate(workflow_specs.CREATE_JS, page_spec)
+    sizes = {int(node_id): size for node_id, size in created["sizes"].items()}
+    positions = workflow_specs.settle(spec["nodes"], sizes, created["title_height"])
+    return json.loads(frontend.page.evaluate(workflow_specs.FINISH_JS,
+                                             {"positions": positions, "chrome": browser.SCREEN_CHROME}))
+
+
+def pnp_chain(frontend: browser.Frontend, spec: dict) -> list[str]:
+    """The display names (without their search subtitle) of the spec's PnP nodes, in the spec's order."""
+    types = list(dict.fromkeys(n["type"] for n in spec["nodes"] if n["type"].startswith("PnP_")))
+    titles = frontend.page.evaluate("types => types.map(t => LiteGraph.registered_node_types[t].title)", types)
+    return [title.split(" (")[0] for title in titles]
 
 
 def main(names: list[str]) -> None:
@@ -41,6 +69,7 @@ def main(names: list[str]) -> None:
     unknown = set(names) - {spec["name"] for spec in specs}
     if unknown:
         raise SystemExit(f"unknown workflow(s) {sorted(unknown)}; known: {[spec['name'] for spec in specs]}")
+    stems = workflow_specs.file_stems(specs)
     work = Path(tempfile.mkdtemp(prefix="pnp-build-"))
     host = comfy_host.boot(work / "host", CACHE_DIR / "checkpoints")
     ckpts = {layout: host.checkpoint_dir / checkpoints.ensure_checkpoint(layout, host.checkpoint_dir)
@@ -48,7 +77,8 @@ def main(names: list[str]) -> None:
     cn = host.models_dir / "controlnet" / extra_models.ensure(
         host.models_dir / "controlnet", extra_models.controlnet_name(), extra_models.build_controlnet)
     guidance_image.write()
-    (WORKFLOWS / "api").mkdir(exist_ok=True)
+    for folder in (WORKFLOWS / "api", SCREENSHOTS, HELP_IMAGES):
+        folder.mkdir(parents=True, exist_ok=True)
     score_models = vision_models.workflow_model_files(CACHE_DIR / "clip_vision")
     with browser.server_for_workflows(work / "server", ckpts, cn, score_models=score_models) as server, \
             browser.chromium() as chromium:
@@ -56,15 +86,19 @@ def main(names: list[str]) -> None:
         for spec in specs:
             if names and spec["name"] not in names:
                 continue
-            spec["chrome"] = CHROME
-            built = json.loads(frontend.page.evaluate(workflow_specs.BUILD_JS, spec))
-            ui_path = WORKFLOWS / f"{spec['name']}.json"
-            api_path = WORKFLOWS / "api" / f"{spec['name']}.json"
+            built = build(frontend, spec)
+            ui_path = WORKFLOWS / f"{stems[spec['name']]}.json"
+            api_path = WORKFLOWS / "api" / f"{stems[spec['name']]}.json"
             ui_path.write_text(json.dumps(built["workflow"], indent=2) + "\n")
             twin = browser.declared_inputs_only(built["output"], frontend.version)
             api_path.write_text(json.dumps(twin, indent=2) + "\n")
-            result = browser.exercise_workflow(frontend, ui_path, api_path, WORKFLOWS / f"{spec['name']}.jpg")
-            print(f"{spec['name']}: built, re-opened, ran in {result['seconds']:.1f} s")
+            result = browser.exercise_workflow(frontend, ui_path, api_path, SCREENSHOTS / f"{spec['name']}.jpg")
+            for node_id, (workflow, shown) in HELP_PICTURES.items():
+                if workflow == spec["name"]:
+                    frontend.screenshot_nodes(shown, HELP_IMAGES / f"{node_id}.png")
+            card = template_cards.card(spec, spec["order"], pnp_chain(frontend, spec), WORKFLOWS)
+            card.save(WORKFLOWS / f"{stems[spec['name']]}.jpg", quality=88, optimize=True)
+            print(f"{stems[spec['name']]}: built, re-opened, ran in {result['seconds']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,45 @@
 
 ``python tests/build_workflows.py`` starts ComfyUI and its frontend, builds each
 spec in the page with LiteGraph's own node classes (``LiteGraph.createNode``,
-``connect``), and saves what the frontend serialises (``app.graphToPrompt()``:
-``workflow`` = the UI file, ``output`` = the API twin). Node titles starting
-with "Target prompt" are what ``workflows/run.py --prompt`` fills.
+``connect``), lays it out (``settle``), and saves what the frontend serialises
+(``app.graphToPrompt()``: ``workflow`` = the UI file, ``output`` = the API twin).
+Node titles starting with "Target prompt" are what ``workflows/run.py --prompt``
+fills.
+
+Templates: the frontends (1.27.10, 1.49.6, 1.58.1) read nothing of a custom
+node pack's template but its file name: the card's title is the name, its
+description the name with "-" and "_" as spaces, its picture the same-name
+.jpg, and the order the server's listing (sorted by name on ComfyUI 0.38 and
+on Windows, directory order on 0.3.64 and 0.33 elsewhere). So a spec's file
+name is the spec's two-digit ``order`` and ``title`` (``file_stems``); the .jpg
+is a card with the title and the one-line ``description``. The spec's short
+``name`` (e.g. ``pnp_real_image``) stays its stable id for tests, the README and
+``workflows/run.py`` examples; every spec needs ``order``, ``title`` and
+``description`` (``_spec``), the orders distinct.
+
+Layout: a node that shows a sampling preview (``PREVIEW_NODE_TYPES``) gets
+``PREVIEW_ROOM`` px more than its widgets need, which is what the frontends add
+for the preview (220 px and the widget margin); ``settle`` then moves nodes down
+until no node's box, title bar included, comes within ``GAP`` px of another's.
 """
 from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+PYPROJECT = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+PACK_ID = PYPROJECT["project"]["name"]
+PACK_VERSION = PYPROJECT["project"]["version"]
+MIN_COMFYUI = PYPROJECT["tool"]["comfy"]["requires-comfyui"].removeprefix(">=")
+# What ComfyUI-Manager writes into a node's properties and the frontends read to match a node to its pack
+# (the missing-node dialog offers to install it): the registry id and version; core nodes are "comfy-core".
+FRONTEND_ONLY_TYPES = ("MarkdownNote", "Note")
+
+PREVIEW_NODE_TYPES = ("PnP_DDIMInversion", "PnP_FeatureBank", "PnP_GenerateGuidance", "PnP_Sampler", "KSampler",
+                      "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced")
+PREVIEW_ROOM = 230
+GAP = 30
+TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT (the browser test reads it in every frontend)
 
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 CHECKPOINT_URL = ("https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
@@ -49,14 +83,22 @@ _KNOBS = (
     "- `injection_strength` 1 = the paper; lower blends the target's own features back in.")
 
 
+def _spec(name: str, order: int, title: str, description: str, nodes: list, links: list) -> dict:
+    """A workflow spec: ``name`` is its stable id (tests, README, ``workflows/run.py`` examples); ``order``,
+    ``title`` and ``description`` make its template file name and card."""
+    return {"name": name, "order": order, "title": title, "description": description, "nodes": nodes,
+            "links": links}
+
+
 def _node(id, type, pos, widgets=None, title=None, size=None, color=None, models=None):
+    properties = {**pack_properties(type), **({"models": models} if models else {})}
     return {"id": id, "type": type, "pos": pos, "widgets": widgets or {}, "title": title, "size": size,
-            "color": color, "models": models}
+            "color": color, "properties": properties}
 
 
 def _note(id, pos, size, text):
     return {"id": id, "type": "MarkdownNote", "pos": pos, "widgets": {"text": text}, "size": size,
-            "title": "Notes", "color": "#432"}
+            "title": "Notes", "color": "#432", "properties": {}}
 
 
 def _checkpoint(id=1, pos=(20, 60), name=CHECKPOINT, url=CHECKPOINT_URL):
@@ -79,18 +121,18 @@ def _real_image_core(target: str, save_prefix: str, checkpoint: dict | None = No
     nodes = [
         checkpoint or _checkpoint(),
         _text(2, (400, 40), "Source prompt (empty, as the paper)", "", size=(380, 110)),
-        _text(3, (400, 190), "Target prompt", target, color=COLOR_INPUT),
-        _text(4, (400, 380), "Negative prompt", NEGATIVE, size=(380, 110)),
+        _text(3, (400, 210), "Target prompt", target, color=COLOR_INPUT),
+        _text(4, (400, 420), "Negative prompt", NEGATIVE, size=(380, 110)),
         _node(5, "LoadImage", [20, 220], {"image": GUIDANCE_IMAGE}, title="Guidance image", size=[330, 380],
               color=COLOR_INPUT),
-        _node(6, "VAEEncode", [400, 540], size=[220, 50]),
+        _node(6, "VAEEncode", [400, 590], size=[220, 50]),
         _node(7, "PnP_DDIMInversion", [830, 40], {"steps": 50, "inversion_steps": 0}, color=COLOR_PNP,
               size=[320, 160]),
-        _node(8, "PnP_FeatureBank", [830, 250], {"feature_injection": 0.8, "attention_injection": 0.5},
+        _node(8, "PnP_FeatureBank", [830, 460], {"feature_injection": 0.8, "attention_injection": 0.5},
               color=COLOR_PNP, size=[320, 260]),
         _sampler(9, (1200, 40)),
         _node(10, "VAEDecode", [1570, 40], size=[220, 50]),
-        _node(11, "SaveImage", [1570, 140], {"filename_prefix": save_prefix}, size=[400, 460]),
+        _node(11, "SaveImage", [1570, 150], {"filename_prefix": save_prefix}, size=[400, 460]),
     ]
     links = [
         (1, 1, 2, "clip"), (1, 1, 3, "clip"), (1, 1, 4, "clip"),
@@ -105,31 +147,32 @@ def _real_image_core(target: str, save_prefix: str, checkpoint: dict | None = No
 
 def real_image() -> dict:
     nodes, links = _real_image_core("a photo of a gingerbread house on a snowy hill, winter", "pnp/real_image")
-    nodes.append(_note(20, [830, 560], [700, 320],
+    nodes.append(_note(20, [1200, 710], [700, 320],
                        "## PnP: translate a real image\n"
                        "The guidance image is DDIM-inverted with the empty prompt; a feature bank records its "
                        "decoder features; PnP Sampler generates the **target prompt** from the same noise while "
                        "injecting them, so the layout stays and the content follows the prompt.\n\n"
                        + _HOW_TO_INPUT + "\n\n" + _KNOBS))
-    return {"name": "pnp_real_image", "nodes": nodes, "links": links}
+    return _spec("pnp_real_image", 1, "Real image to target prompt",
+                 "A photo keeps its layout and takes the content and style of a prompt.", nodes, links)
 
 
 def generated_guidance() -> dict:
     nodes = [
         _checkpoint(),
         _text(2, (400, 40), "Guidance prompt", "a photo of a horse standing in a green meadow", color=COLOR_INPUT),
-        _text(3, (400, 230), "Guidance negative prompt (empty)", "", size=(380, 110)),
+        _text(3, (400, 250), "Guidance negative prompt (empty)", "", size=(380, 110)),
         _node(4, "EmptyLatentImage", [20, 220], {"width": 512, "height": 512, "batch_size": 1}, size=[330, 110]),
         _node(5, "PnP_GenerateGuidance", [830, 40], {"seed": 1, "control_after_generate": "fixed", "steps": 50,
                                                      "cfg": 5.0}, color=COLOR_PNP, size=[320, 360]),
-        _node(6, "VAEDecode", [830, 450], size=[220, 50]),
-        _node(7, "PreviewImage", [830, 540], title="Generated guidance image", size=[320, 360]),
-        _text(8, (400, 390), "Target prompt", "a photo of a robot horse made of shiny metal, in a meadow",
+        _node(6, "VAEDecode", [830, 710], size=[220, 50]),
+        _node(7, "PreviewImage", [830, 820], title="Generated guidance image", size=[320, 360]),
+        _text(8, (400, 420), "Target prompt", "a photo of a robot horse made of shiny metal, in a meadow",
               color=COLOR_INPUT),
-        _text(9, (400, 580), "Negative prompt", NEGATIVE, size=(380, 110)),
+        _text(9, (400, 630), "Negative prompt", NEGATIVE, size=(380, 110)),
         _sampler(10, (1200, 40)),
         _node(11, "VAEDecode", [1570, 40], size=[220, 50]),
-        _node(12, "SaveImage", [1570, 140], {"filename_prefix": "pnp/generated_guidance"}, size=[400, 460]),
+        _node(12, "SaveImage", [1570, 150], {"filename_prefix": "pnp/generated_guidance"}, size=[400, 460]),
         _note(20, [20, 400], [360, 420],
               "## PnP from a generated guidance image\n"
               "The paper's second mode: **PnP Generate Guidance** samples the guidance image from the "
@@ -147,7 +190,8 @@ def generated_guidance() -> dict:
         (1, 0, 10, "model"), (8, 0, 10, "positive"), (9, 0, 10, "negative"), (5, 0, 10, "features"),
         (10, 0, 11, "samples"), (1, 2, 11, "vae"), (11, 0, 12, "images"),
     ]
-    return {"name": "pnp_generated_guidance", "nodes": nodes, "links": links}
+    return _spec("pnp_generated_guidance", 2, "Generated guidance image",
+                 "A generated picture's layout carried into a new prompt, no inversion.", nodes, links)
 
 
 def several_prompts() -> dict:
@@ -157,12 +201,12 @@ def several_prompts() -> dict:
                      ("a house made of colorful toy bricks, studio photo", "pnp/prompt_3")]
     for i, (text, prefix) in enumerate(extra_targets):
         base = 30 + 10 * i
-        y = 660 + 520 * i
+        y = 710 + 670 * i  # a row per sampler: 40 + the sampler's height with its preview, title and gap
         nodes += [
             _text(base, (400, y), f"Target prompt {i + 2}", text, color=COLOR_INPUT),
             _sampler(base + 1, (1200, y)),
             _node(base + 2, "VAEDecode", [1570, y], size=[220, 50]),
-            _node(base + 3, "SaveImage", [1570, y + 100], {"filename_prefix": prefix}, size=[400, 400]),
+            _node(base + 3, "SaveImage", [1570, y + 110], {"filename_prefix": prefix}, size=[400, 400]),
         ]
         links += [
             (1, 1, base, "clip"),
@@ -170,13 +214,14 @@ def several_prompts() -> dict:
             (8, 0, base + 1, "features"),
             (base + 1, 0, base + 2, "samples"), (1, 2, base + 2, "vae"), (base + 2, 0, base + 3, "images"),
         ]
-    nodes.append(_note(20, [830, 560], [340, 380],
+    nodes.append(_note(20, [830, 1060], [340, 380],
                        "## Several target prompts, one bank\n"
                        "One inversion and one **PnP Feature Bank** feed three PnP Samplers, one per target "
                        "prompt. ComfyUI runs the inversion and the bank once and caches them: each extra prompt "
                        "costs only its own sampling (2 UNet calls per step), and editing one prompt re-runs only "
                        "its sampler.\n\n" + _HOW_TO_INPUT))
-    return {"name": "pnp_several_prompts", "nodes": nodes, "links": links}
+    return _spec("pnp_several_prompts", 3, "Several prompts from one bank",
+                 "One inversion and one feature bank drive three target prompts.", nodes, links)
 
 
 def controlnet() -> dict:
@@ -189,7 +234,7 @@ def controlnet() -> dict:
         _node(13, "Canny", [20, 780], {"low_threshold": 0.4, "high_threshold": 0.8}, title="Canny edge detection",
               size=[330, 90]),
         _node(14, "PreviewImage", [20, 920], title="Canny edges", size=[330, 330]),
-        _node(15, "ControlNetApplyAdvanced", [830, 560], {"strength": 0.5, "start_percent": 0.0,
+        _node(15, "ControlNetApplyAdvanced", [830, 1060], {"strength": 0.5, "start_percent": 0.0,
                                                           "end_percent": 1.0}, size=[320, 190]),
     ]
     links = [link for link in links if not (link[2] == 9 and link[3] in ("positive", "negative"))]
@@ -199,7 +244,7 @@ def controlnet() -> dict:
         (1, 2, 15, "vae"),
         (15, 0, 9, "positive"), (15, 1, 9, "negative"),
     ]
-    nodes.append(_note(20, [1200, 660], [560, 300],
+    nodes.append(_note(20, [1200, 710], [560, 300],
                        "## PnP + ControlNet\n"
                        "ControlNet is applied to the **target** conditioning with the core *Apply ControlNet* "
                        "node, exactly as for KSampler, and PnP Sampler uses it in every step; the guidance "
@@ -209,7 +254,8 @@ def controlnet() -> dict:
                        "`strength` 0.5: with both PnP and ControlNet holding the structure, a weaker control "
                        "leaves the prompt more room. Any SD 1.5 ControlNet works (depth, lineart, ...), with "
                        "its own preprocessor.\n\n" + _HOW_TO_INPUT))
-    return {"name": "pnp_controlnet", "nodes": nodes, "links": links}
+    return _spec("pnp_controlnet", 4, "With ControlNet",
+                 "PnP structure plus a canny ControlNet on the target prompt.", nodes, links)
 
 
 def mask() -> dict:
@@ -220,7 +266,7 @@ def mask() -> dict:
               size=[330, 380], color=COLOR_INPUT),
     ]
     links.append((12, 0, 9, "mask"))
-    nodes.append(_note(20, [830, 560], [340, 360],
+    nodes.append(_note(20, [1200, 710], [560, 360],
                        "## PnP restricted to a mask\n"
                        "Inside the mask (white) the guidance image's features are injected, outside they are "
                        "not: the subject keeps its structure while the background follows the prompt freely.\n\n"
@@ -231,7 +277,8 @@ def mask() -> dict:
                        "both to `ComfyUI/input/`. Any MASK works: a SAM / segmentation node pack's output, "
                        "Load Image's alpha channel, a mask painted in the Mask Editor. It must be one mask of "
                        "the guidance image's size."))
-    return {"name": "pnp_mask", "nodes": nodes, "links": links}
+    return _spec("pnp_mask", 5, "With a subject mask",
+                 "The subject keeps its structure, the background follows the prompt.", nodes, links)
 
 
 def _pca_views(views: list[tuple[str, str, str]]) -> tuple[list, list]:
@@ -239,7 +286,7 @@ def _pca_views(views: list[tuple[str, str, str]]) -> tuple[list, list]:
     and its caption shown (ids 30+10*i .. 32+10*i)."""
     nodes, links = [], []
     for i, (view, layer, title) in enumerate(views):
-        base, row = 30 + 10 * i, 660 + 340 * i
+        base, row = 30 + 10 * i, 1060 + 350 * i  # below the bank and its preview
         nodes += [
             _node(base, "PnP_FeaturePCA", [830, row], {"view": view, "layer": layer, "steps": "auto",
                                                       "fit": "across steps", "frame_width": 256}, title=title,
@@ -272,13 +319,14 @@ def feature_pca() -> dict:
     links += view_links
     nodes.append(_note(20, [20, 660], [760, 640],
                        "## PnP with feature PCA: see what is injected\n"
-                       "The translation of `pnp_real_image`, with **PnP Feature PCA** showing three of the "
-                       "tensors the bank injects, as the paper did to choose its layers (Figs. 2-3): the "
+                       "The translation of *Real image to target prompt*, with **PnP Feature PCA** showing three "
+                       "of the tensors the bank injects, as the paper did to choose its layers (Figs. 2-3): the "
                        "ResBlock features of decoder block 4 (`layer` auto) and the self-attention maps of "
                        "blocks 4 and 11 (the first and last of the attention layers). The views read the bank, "
                        "so they cost no extra UNet pass; a layer the bank does not hold (e.g. ResBlock 7) is "
                        "recorded live from the MODEL.\n\n" + _PCA_HOW_TO_READ + "\n\n" + _HOW_TO_INPUT))
-    return {"name": "pnp_feature_pca", "nodes": nodes, "links": links}
+    return _spec("pnp_feature_pca", 6, "Feature PCA - see what is injected",
+                 "PCA pictures of three injected layers beside the translation.", nodes, links)
 
 
 def sdxl() -> dict:
@@ -311,7 +359,8 @@ def sdxl() -> dict:
                        "**Checkpoint**: an SDXL base checkpoint (default `sd_xl_base_1.0.safetensors`; not the "
                        "refiner). Same knobs and paper defaults as SD 1.5: 50 steps, τ_f 0.8, τ_A 0.5, `cfg` "
                        "7.5."))
-    return {"name": "pnp_sdxl", "nodes": nodes, "links": links}
+    return _spec("pnp_sdxl", 7, "SDXL real image to target prompt",
+                 "The translation on an SDXL base checkpoint, with PCA views.", nodes, links)
 
 
 def sweep() -> dict:
@@ -360,16 +409,64 @@ def sweep() -> dict:
                        "the same as the target prompt. With an SDXL checkpoint, connect its target prompt "
                        "directly. The bank must record the largest values swept (here 0.8 / 0.5).\n\n"
                        + _HOW_TO_INPUT))
-    return {"name": "pnp_sweep", "nodes": nodes, "links": links}
+    return _spec("pnp_sweep", 8, "Threshold sweep - choose by measurement",
+                 "A grid of thresholds from one bank, scored for structure and text.", nodes, links)
 
 
 WORKFLOWS = [real_image, generated_guidance, several_prompts, controlnet, mask, feature_pca, sdxl, sweep]
 
-# Builds a spec in the page with the frontend's own LiteGraph classes and returns what it serialises.
-BUILD_JS = """
+
+def file_stems(specs: list[dict]) -> dict[str, str]:
+    """Each spec's file name without ".json", by spec name: its two-digit ``order`` and its ``title``
+    ("01 Real image to target prompt")."""
+    return {spec["name"]: f"{spec['order']:02d} {spec['title']}" for spec in specs}
+
+
+def stem(name: str) -> str:
+    """The shipped file name (without ".json") of the workflow spec ``name``."""
+    return file_stems([make() for make in WORKFLOWS])[name]
+
+
+def pack_properties(node_type: str) -> dict:
+    """The node properties by which the frontends match a node to its pack (``cnr_id``, ``ver``)."""
+    if node_type in FRONTEND_ONLY_TYPES:
+        return {}
+    if node_type.startswith("PnP_"):
+        return {"cnr_id": PACK_ID, "ver": PACK_VERSION}
+    return {"cnr_id": "comfy-core", "ver": MIN_COMFYUI}
+
+
+def boxes_clash(a: tuple, b: tuple, title_height: float, gap: float = GAP) -> bool:
+    """Whether two nodes' boxes ``(x, y, width, height)`` (``y`` = top of the body; the title bar is above it)
+    come closer than ``gap`` px vertically while their x ranges overlap (side by side they only must not touch)."""
+    (ax, ay, aw, ah), (bx, by, bw, bh) = a, b
+    side_by_side = ax + aw <= bx or bx + bw <= ax
+    return not side_by_side and ay - title_height < by + bh + gap and by - title_height < ay + ah + gap
+
+
+def settle(nodes: list[dict], sizes: dict, title_height: float) -> dict:
+    """Positions by node id: each node keeps its x and the nodes their top-to-bottom order; a node moves down just
+    enough that its box, title bar included, stays ``GAP`` px clear of every node above it in its column.
+    ``sizes``: the nodes' sizes as built (widgets, preview room), by id."""
+    placed: dict = {}
+    for node in sorted(nodes, key=lambda n: (n["pos"][1], n["pos"][0], n["id"])):
+        x, y = node["pos"]
+        w, h = sizes[node["id"]]
+        clash = True
+        while clash:
+            clash = next((box for box in placed.values() if boxes_clash(box, (x, y, w, h), title_height)), None)
+            if clash:
+                y = clash[1] + clash[3] + GAP + title_height
+        placed[node["id"]] = (x, y, w, h)
+    return {node_id: [box[0], box[1]] for node_id, box in placed.items()}
+
+
+# Builds a spec in the page with the frontend's own LiteGraph classes: nodes (with room for their previews) and
+# links; returns the nodes' sizes and the title bar height for ``settle``.
+CREATE_JS = """
 async (spec) => {
+  app.clean();  // the graph, and the previous graph's outputs and previews (they are kept by node id)
   const graph = app.graph;
-  graph.clear();
   const byId = {};
   for (const n of spec.nodes) {
     const node = LiteGraph.createNode(n.type);
@@ -384,10 +481,11 @@ async (spec) => {
       if (!w) throw new Error(`${n.type} has no widget ${name}`);
       w.value = value;
     }
-    if (n.models) node.properties.models = n.models;
+    Object.assign(node.properties, n.properties);
     node.pos = n.pos;
-    const size = node.computeSize();
-    node.setSize(n.size ? [Math.max(n.size[0], size[0]), Math.max(n.size[1], size[1])] : size);
+    const [width, height] = node.computeSize();
+    const room = spec.preview_types.includes(n.type) ? spec.preview_room : 0;
+    node.setSize(n.size ? [Math.max(n.size[0], width), Math.max(n.size[1], height + room)] : [width, height + room]);
     byId[n.id] = node;
   }
   for (const [src, slot, dst, input] of spec.links) {
@@ -396,6 +494,15 @@ async (spec) => {
     if (index < 0) throw new Error(`${target.type} has no input ${input}`);
     if (!byId[src].connect(slot, target, index)) throw new Error(`cannot link ${src}:${slot} -> ${dst}.${input}`);
   }
+  return {sizes: Object.fromEntries(graph.nodes.map(n => [n.id, [...n.size]])), title_height: LiteGraph.NODE_TITLE_HEIGHT};
+}
+"""
+
+# Places the nodes built by CREATE_JS, fits the view and returns what the frontend serialises.
+FINISH_JS = """
+async ({positions, chrome}) => {
+  const graph = app.graph;
+  for (const [id, pos] of Object.entries(positions)) graph.getNodeById(Number(id)).pos = pos;
   // fit the view to the nodes (as "Fit view" does, but tighter and clear of the side and top bars);
   // it is saved in extra.ds and restored when the file is opened
   const frame = () => new Promise(r => requestAnimationFrame(() => r()));
@@ -408,7 +515,7 @@ async (spec) => {
   }
   const ds = app.canvas.ds;
   const [cw, ch] = [ds.element.width / devicePixelRatio, ds.element.height / devicePixelRatio];
-  const [left, top] = spec.chrome;
+  const [left, top] = chrome;
   const scale = 0.96 * Math.min((cw - left) / (x1 - x0), (ch - top) / (y1 - y0));
   ds.scale = scale;
   ds.offset[0] = (left + (cw - left) / 2) / scale - (x0 + x1) / 2;

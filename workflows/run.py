@@ -1,6 +1,6 @@
 """Run a PnP workflow through ComfyUI without the UI.
 
-    python workflows/run.py workflows/pnp_real_image.json --image photo.png \\
+    python workflows/run.py "workflows/01 Real image to target prompt.json" --image photo.png \\
         --prompt "a photo of a bronze statue" [--ckpt NAME] [--steps N] [-- COMFYUI ARGS]
 
 Takes an API-format workflow (``workflows/api/*.json``; given a UI-format file

@@ -55,9 +55,13 @@ def test_bank_stores_only_the_injected_steps_in_fp16_and_its_size_is_the_pack_fo
     assert all(t.dtype == torch.float16 and t.device.type == "cpu" for t in recorded.values())  # intermediate device
     expected = layers.bank_nbytes(layout, bank.sites, (8, 8), bank.feature_steps, bank.attention_steps, 1, 2)
     assert bank.nbytes == expected and f"{expected} bytes" in bank.describe()
+    # What the node shows: 9 + 6 of 10 steps, ResBlock 4 and the 8 attention blocks 4-11 (the paper's layers).
+    assert bank.summary().splitlines() == [f"9 + 6 of 10 steps, 9 sites, {expected / 1e6:.1f} MB fp16",
+                                           "ResBlock 4, attention 4-11:0", "inverted guidance image, 64x64 px"]
     on_the_fly = pnp.record(mode="on the fly")
     assert on_the_fly.nbytes == 0 and not on_the_fly.resblock and not on_the_fly.attention
     assert "0 feature bytes stored" in on_the_fly.describe()
+    assert on_the_fly.summary().startswith("on the fly, 10 steps, 9 sites: nothing stored")
 
 
 # ---------------------------------------------------------------- on the fly
@@ -205,7 +209,9 @@ def test_executor_rejects_a_traversal_name_and_runs_save_then_load(host, models)
     saver = save.add("PnP_SaveFeatures", features=refs["bank"][0], filename_prefix="graph/bank", overwrite=True)
     result = run_prompt(save.api, new_executor())
     assert result.success, result.error()
-    assert result.outputs[saver.node_id]["text"][0].startswith("graph/bank.safetensors: ")
+    summary = result.outputs[refs["bank"].node_id]["text"][0]  # shown on PnP Feature Bank
+    assert summary.startswith("4 + 3 of 4 steps, 9 sites, ") and " MB fp16\n" in summary, summary
+    assert result.outputs[saver.node_id]["text"][0].startswith("saved as graph/bank.safetensors\n")
 
     load = Prompt()
     ckpt_ref = load.add("CheckpointLoaderSimple", ckpt_name=ckpt)
@@ -218,6 +224,7 @@ def test_executor_rejects_a_traversal_name_and_runs_save_then_load(host, models)
     result = run_prompt(load.api, new_executor())
     assert result.success, result.error()
     assert result.outputs[latents.node_id]["latents"]
+    assert result.outputs[bank.node_id]["text"][0] == f"graph/bank.safetensors\n{summary}"  # the same bank
 
 
 def test_a_bank_for_another_model_size_or_schedule_names_what_differs(pnp, models, host):

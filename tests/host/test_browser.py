@@ -15,11 +15,17 @@ name the chosen view and layer, read from the bank; PnP Threshold Sweep (two
 cells here) shows its grid, plot and a table line per cell. The SDXL workflow runs on
 the random SDXL-layout checkpoint under its SDXL checkpoint name. Screenshots
 are kept in $PNP_SCREENSHOTS/<frontend version> (default .test-artifacts/screenshots).
-Last per frontend: the page checks do see a missing node type and a toast.
+The server runs with sampling previews on (``--preview-method auto``, as most users run it) and no cache:
+after each run no node's box, title bar included, comes near another's (``workflow_specs.boxes_clash``), and PnP
+Feature Bank shows what its bank holds. Per frontend, also what makes the pack feel native: every PnP output is
+labelled with its name (not its type), every help page the frontend's "?" asks for is served, the nodes are found
+by the paper's name ("plug and play", "translation", ...) in the node search, and the template list is the
+numbered titles in their order. Last per frontend: the page checks do see a missing node type and a toast.
 """
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import math
 import os
@@ -34,10 +40,15 @@ import extra_models
 import vision_models
 import workflow_specs
 from conftest import CACHE_DIR
+from comfy_host import PACK_NODE_IDS
 from find_comfyui import PACK_ROOT, find_comfyui
 
 WORKFLOWS = PACK_ROOT / "workflows"
-NAMES = [make()["name"] for make in workflow_specs.WORKFLOWS]
+SPECS = [make() for make in workflow_specs.WORKFLOWS]
+NAMES = [spec["name"] for spec in SPECS]
+STEMS = workflow_specs.file_stems(SPECS)
+PACK_FOLDER = "comfyui-pnp"  # the folder users clone into custom_nodes (and the test server links)
+SEARCHES = ("plug and play", "plug-and-play", "translation", "structure", "pnp")
 SCREENSHOTS = Path(os.environ.get("PNP_SCREENSHOTS", PACK_ROOT / ".test-artifacts" / "screenshots"))
 try:
     FRONTENDS = browser.frontends_for(find_comfyui())
@@ -81,17 +92,80 @@ def test_page_runs_the_expected_frontend(frontend, frontend_build):
 
 
 def test_server_lists_the_pack_workflows_as_templates(server):
-    assert sorted(server.get("/workflow_templates")["comfyui-pnp"]) == sorted(NAMES)
+    assert sorted(server.get("/workflow_templates")[PACK_FOLDER]) == sorted(STEMS.values())
+
+
+def host_schema(node_id: str):
+    import nodes
+
+    return nodes.NODE_CLASS_MAPPINGS[node_id].GET_SCHEMA()
+
+
+def test_every_pnp_output_is_labelled_with_its_name(frontend):
+    """What the frontend draws beside an output slot (label, else localized name, else name) is the output's
+    display name, never its socket type."""
+    shown = frontend.page.evaluate(
+        """types => Object.fromEntries(types.map(t => { const node = LiteGraph.createNode(t);
+             return [t, node.outputs.map(o => [o.label || o.localized_name || o.name, o.type])]; }))""",
+        list(PACK_NODE_IDS))
+    for node_id, outputs in shown.items():
+        expected = [o.display_name for o in host_schema(node_id).outputs]
+        assert [label for label, _ in outputs] == expected, (node_id, outputs)
+        assert all(label != kind for label, kind in outputs), (node_id, outputs)
+
+
+@pytest.mark.parametrize("node_id", PACK_NODE_IDS)
+def test_help_page_is_served_where_the_frontend_asks(frontend, node_id):
+    """The frontends ask a custom node's help at /extensions/<pack folder>/docs/<node id>.md (1.49 on first
+    <node id>/<locale>.md): the page's fetch gets the shipped page."""
+    python_module = frontend.page.evaluate("t => LiteGraph.registered_node_types[t].nodeData.python_module",
+                                           node_id)
+    assert python_module.split(".")[1] == PACK_FOLDER, python_module
+    url = f"/extensions/{PACK_FOLDER}/docs/{node_id}.md"
+    got = frontend.page.evaluate("async url => { const r = await fetch(url); return [r.status, await r.text()]; }",
+                                 url)
+    assert got == [200, (PACK_ROOT / "web" / "docs" / f"{node_id}.md").read_text(encoding="utf-8")], url
+
+
+@pytest.mark.parametrize("query", SEARCHES)
+def test_node_search_finds_the_pack_by_the_papers_name(frontend, frontend_build, query):
+    """The node search box (double click on the canvas), typed as a user does, lists a PnP node."""
+    page = frontend.page
+    page.evaluate("() => app.graph.clear()")
+    page.mouse.dblclick(browser.VIEWPORT["width"] // 2, browser.VIEWPORT["height"] // 2)
+    page.wait_for_timeout(800)
+    page.keyboard.type(query, delay=30)
+    page.wait_for_timeout(1200)
+    # the text of the dialog around the search input: its result list (1.27.10: PrimeVue autocomplete options;
+    # 1.49.6 and 1.58.1: the newer search box, whose results have no common class; in 1.58.1 a fixed reka-ui
+    # dialog) and, in the newer ones, the first result's preview
+    text = page.evaluate("() => document.activeElement.closest('[role=dialog], .p-dialog')?.innerText ?? ''")
+    found = [line.strip() for line in text.splitlines()]
+    screenshots = SCREENSHOTS / frontend_build.version
+    screenshots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshots / f"search {query}.jpg"), type="jpeg", quality=80)
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(300)
+    assert any(line.startswith("PnP ") for line in found), (query, found)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_opens_queues_and_shows_its_images(host, frontend, frontend_build, name):
     screenshots = SCREENSHOTS / frontend_build.version
     screenshots.mkdir(parents=True, exist_ok=True)
-    result = browser.exercise_workflow(frontend, WORKFLOWS / f"{name}.json", WORKFLOWS / "api" / f"{name}.json",
-                                       screenshots / f"{name}.jpg")
+    ui_path, api_path = WORKFLOWS / f"{STEMS[name]}.json", WORKFLOWS / "api" / f"{STEMS[name]}.json"
+    result = browser.exercise_workflow(frontend, ui_path, api_path, screenshots / f"{name}.jpg")
     print(f"\n{name} in frontend {frontend.version}: opened, queued, images shown in {result['seconds']:.1f} s")
-    api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+    api = json.loads(api_path.read_text())
+    # with the previews of the run drawn: no node near another, title bars included
+    boxes, title = frontend.node_boxes(), frontend.title_height()
+    clashes = [(a, b) for a, b in itertools.combinations(boxes, 2)
+               if workflow_specs.boxes_clash(boxes[a], boxes[b], title)]
+    assert not clashes, (clashes, {i: boxes[i] for pair in clashes for i in pair})
+    summaries = frontend.page.evaluate(
+        """() => app.graph.nodes.filter(n => n.type === 'PnP_FeatureBank' || n.type === 'PnP_GenerateGuidance')
+             .map(n => n.widgets.find(w => w.name === 'pnp_bank_summary').element.textContent)""")
+    assert all(re.match(r"\d+ \+ \d+ of \d+ steps, \d+ sites, [\d.]+ MB fp16\n", s) for s in summaries), summaries
     frames = {}  # PnP Feature PCA node -> number of steps it shows, from its caption
     for node_id, text in result["texts"].items():
         pca_id = api[node_id]["inputs"]["source"][0]
@@ -126,7 +200,7 @@ def test_workflow_opens_queues_and_shows_its_images(host, frontend, frontend_bui
 
 def test_page_checks_see_a_missing_node_type_and_a_toast(frontend, tmp_path):
     """The checks above are not blind in this frontend (last: the page keeps what this test opens)."""
-    broken = json.loads((WORKFLOWS / "pnp_real_image.json").read_text())
+    broken = json.loads((WORKFLOWS / f"{STEMS['pnp_real_image']}.json").read_text())
     broken["nodes"][0]["type"] = "PnP_NoSuchNode"
     (tmp_path / "broken.json").write_text(json.dumps(broken))
     frontend.open_workflow_file(tmp_path / "broken.json")

@@ -15,15 +15,24 @@ from find_comfyui import PACK_ROOT, with_stand_in
 from comfy_host import PACK_NODE_IDS, run_prompt
 from harness import Prompt, encode, input_image, run_node
 
+# The node library folders: the UNet-running nodes under sampling, the bank's files under loaders, the PCA picture
+# under image, each in a plug-and-play sub-category.
+CATEGORIES = {"PnP_DDIMInversion": "sampling/plug-and-play", "PnP_FeatureBank": "sampling/plug-and-play",
+              "PnP_GenerateGuidance": "sampling/plug-and-play", "PnP_Sampler": "sampling/plug-and-play",
+              "PnP_SaveFeatures": "loaders/plug-and-play", "PnP_LoadFeatures": "loaders/plug-and-play",
+              "PnP_FeaturePCA": "image/plug-and-play"}
+
+
 def test_comfy_loader_registers_every_node_with_tooltips(host):
     import nodes
 
+    assert set(CATEGORIES) == set(PACK_NODE_IDS)
     for node_id in PACK_NODE_IDS:
         assert node_id in nodes.NODE_CLASS_MAPPINGS, node_id
         assert nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id].startswith("PnP ")
         cls = nodes.NODE_CLASS_MAPPINGS[node_id]
         schema = cls.GET_SCHEMA()
-        assert schema.category == "sampling/plug-and-play"
+        assert schema.category == CATEGORIES[node_id]
         assert schema.description
         for item in schema.inputs + schema.outputs:
             assert item.tooltip, f"{node_id}.{item.id} has no tooltip"

@@ -17,6 +17,12 @@ from find_comfyui import PACK_ROOT, with_stand_in
 RUNNER = PACK_ROOT / "workflows" / "run.py"
 
 
+def shipped(name: str, api: bool = False) -> str:
+    """The path of the shipped workflow ``name`` (a workflow_specs name), UI file or API twin."""
+    folder = PACK_ROOT / "workflows" / ("api" if api else "")
+    return str(folder / f"{workflow_specs.stem(name)}.json")
+
+
 def run_runner(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = with_stand_in(dict(os.environ))
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -61,12 +67,12 @@ def test_workflow_that_is_not_json(tmp_path, small_inputs):
 
 def test_ui_workflow_without_api_twin(tmp_path):
     ui = tmp_path / "mine.json"
-    ui.write_text((PACK_ROOT / "workflows" / "pnp_real_image.json").read_text())
+    ui.write_text(Path(shipped("pnp_real_image")).read_text())
     assert_clean_error(run_runner(str(ui)), 2, "UI-format", "Export (API)")
 
 
 def test_wrong_inputs_are_refused_before_comfyui_starts(tmp_path, small_inputs):
-    workflow = str(PACK_ROOT / "workflows" / "api" / "pnp_real_image.json")
+    workflow = shipped("pnp_real_image", api=True)
     not_image = tmp_path / "photo.png"
     not_image.write_text("hello")
     assert_clean_error(run_runner(workflow, "--image", str(not_image)), 2, "is not an image")
@@ -79,7 +85,7 @@ def test_wrong_inputs_are_refused_before_comfyui_starts(tmp_path, small_inputs):
 
 
 def test_missing_checkpoint(base_dir, small_inputs):
-    proc = run_runner(str(PACK_ROOT / "workflows" / "api" / "pnp_real_image.json"),
+    proc = run_runner(shipped("pnp_real_image", api=True),
                       "--image", str(small_inputs[workflow_specs.GUIDANCE_IMAGE]), "--", "--cpu",
                       "--base-directory", str(base_dir))
     assert_clean_error(proc, 2, "No checkpoint is available", workflow_specs.CHECKPOINT,
@@ -95,11 +101,11 @@ def test_run_mask_workflow_headless(host, models, base_dir, small_inputs, tmp_pa
     mask = tmp_path / "subject.png"
     mask.write_bytes(small_inputs[workflow_specs.GUIDANCE_MASK].read_bytes())
     # the wrong checkpoint name first: the error lists what is there
-    proc = run_runner(str(PACK_ROOT / "workflows" / "pnp_mask.json"), "--image", str(image), "--", "--cpu",
+    proc = run_runner(shipped("pnp_mask"), "--image", str(image), "--", "--cpu",
                       "--base-directory", str(base_dir))
     assert_clean_error(proc, 2, workflow_specs.CHECKPOINT, "--ckpt NAME", "my_model.safetensors")
 
-    proc = run_runner(str(PACK_ROOT / "workflows" / "pnp_mask.json"), "--image", str(image), "--mask", str(mask),
+    proc = run_runner(shipped("pnp_mask"), "--image", str(image), "--mask", str(mask),
                       "--prompt", "a castle made of ice", "--ckpt", "my_model.safetensors", "--steps", "3",
                       "--", "--cpu", "--base-directory", str(base_dir))
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -121,7 +127,7 @@ def test_run_sdxl_workflow_headless(host, models, base_dir):
     (checkpoints_dir / workflow_specs.SDXL_CHECKPOINT).symlink_to(
         host.checkpoint_dir / models.checkpoint("sdxl_reduced"))
     size = browser.FAST_SIZE
-    proc = run_runner(str(PACK_ROOT / "workflows" / "pnp_sdxl.json"),
+    proc = run_runner(shipped("pnp_sdxl"),
                       "--image", str(PACK_ROOT / "workflows" / workflow_specs.GUIDANCE_IMAGE),
                       "--size", f"{size}x{size}", "--steps", "3", "--", "--cpu", "--base-directory", str(base_dir))
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -1,7 +1,9 @@
-"""The shipped workflow files: complete, core nodes plus ours only, paper defaults, notes, a thumbnail each."""
+"""The shipped workflow files: complete, core nodes plus ours only, paper defaults, notes, a template card each,
+laid out with room for previews, and carrying what the frontend matches nodes to their pack by."""
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 from pathlib import Path
 
@@ -10,24 +12,67 @@ import pytest
 from PIL import Image
 
 import guidance_image
+import template_cards
 import workflow_specs
 from find_comfyui import PACK_ROOT
 from comfy_host import PACK_NODE_IDS
 
 WORKFLOWS = PACK_ROOT / "workflows"
-NAMES = [make()["name"] for make in workflow_specs.WORKFLOWS]
+SPECS = [make() for make in workflow_specs.WORKFLOWS]
+NAMES = [spec["name"] for spec in SPECS]
+STEMS = workflow_specs.file_stems(SPECS)
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 
 
-def test_every_workflow_has_its_api_twin_and_thumbnail():
-    assert sorted(p.stem for p in WORKFLOWS.glob("*.json")) == sorted(NAMES)
+def _ui(name: str) -> dict:
+    return json.loads((WORKFLOWS / f"{STEMS[name]}.json").read_text())
+
+
+def _api(name: str) -> dict:
+    return json.loads((WORKFLOWS / "api" / f"{STEMS[name]}.json").read_text())
+
+
+def test_every_workflow_has_its_api_twin_and_template_card():
+    assert sorted(p.stem for p in WORKFLOWS.glob("*.json")) == sorted(STEMS.values())
     for name in NAMES:
-        ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+        ui = _ui(name)
         assert ui["version"] == 0.4 and ui["nodes"] and ui["links"], name
-        api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
-        assert all("class_type" in node for node in api.values()), name
-        with Image.open(WORKFLOWS / f"{name}.jpg") as thumb:
-            assert thumb.format == "JPEG" and thumb.width >= 800, name
+        assert all("class_type" in node for node in _api(name).values()), name
+        with Image.open(WORKFLOWS / f"{STEMS[name]}.jpg") as card:
+            assert card.format == "JPEG" and card.size == template_cards.SIZE, name
+
+
+def test_template_file_names_are_numbered_titles_in_the_template_order():
+    """The frontends show a template's file name as its title and order the cards as the server lists them
+    (by name on ComfyUI 0.38 and on Windows): the names are "NN title", NN the spec's order, all distinct."""
+    orders = [spec["order"] for spec in SPECS]
+    assert len(set(orders)) == len(orders) and all(0 < order < 100 for order in orders), orders
+    by_order = sorted(SPECS, key=lambda spec: spec["order"])
+    assert sorted(STEMS.values()) == [STEMS[spec["name"]] for spec in by_order]
+    for spec in SPECS:
+        assert STEMS[spec["name"]] == f"{spec['order']:02d} {spec['title']}"
+        assert template_cards.description_fits(spec["description"]), spec["description"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_node_comes_near_another(name):
+    """Boxes with their title bars: no two nodes closer than workflow_specs.GAP above each other in a column,
+    none overlapping side by side (the browser test checks the same after a run with previews on)."""
+    boxes = {n["id"]: (*n["pos"], *n["size"]) for n in _ui(name)["nodes"]}
+    clashes = [(a, b) for a, b in itertools.combinations(boxes, 2)
+               if workflow_specs.boxes_clash(boxes[a], boxes[b], workflow_specs.TITLE_HEIGHT)]
+    assert not clashes, clashes
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nodes_carry_their_pack_for_the_frontend(name):
+    """cnr_id/ver as ComfyUI-Manager writes them: the pack's registry id and version on its nodes, comfy-core and
+    the oldest supported ComfyUI on core nodes (the frontends' missing-node dialog reads them)."""
+    for node in _ui(name)["nodes"]:
+        expected = workflow_specs.pack_properties(node["type"])
+        assert {k: node["properties"].get(k) for k in expected} == expected, node["type"]
+        if node["type"] in PACK_NODE_IDS:
+            assert node["properties"]["cnr_id"] == "comfyui-pnp"
 
 
 def test_shipped_guidance_image_and_mask_are_what_the_generator_draws():
@@ -42,7 +87,7 @@ def test_shipped_guidance_image_and_mask_are_what_the_generator_draws():
 def test_workflow_uses_core_nodes_and_ours_only_with_notes(host, name):
     import nodes
 
-    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    ui = _ui(name)
     for node in ui["nodes"]:
         kind = node["type"]
         if kind in FRONTEND_ONLY or kind in PACK_NODE_IDS:
@@ -56,7 +101,7 @@ def test_workflow_uses_core_nodes_and_ours_only_with_notes(host, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_carries_the_paper_defaults(name):
-    api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+    api = _api(name)
     by_type: dict[str, list[dict]] = {}
     for node in api.values():
         by_type.setdefault(node["class_type"], []).append(node["inputs"])
@@ -87,7 +132,7 @@ def test_workflow_carries_the_paper_defaults(name):
 
 @pytest.mark.parametrize("name", ["pnp_feature_pca", "pnp_sdxl"])
 def test_pca_views_read_the_bank_and_show_grid_and_caption(name):
-    api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+    api = _api(name)
     views = {i: n["inputs"] for i, n in api.items() if n["class_type"] == "PnP_FeaturePCA"}
     assert len(views) == 3, name
     for inputs in views.values():
@@ -99,7 +144,7 @@ def test_pca_views_read_the_bank_and_show_grid_and_caption(name):
 
 
 def test_sdxl_workflow_scales_the_guidance_image_to_sdxl_size():
-    api = json.loads((WORKFLOWS / "api" / "pnp_sdxl.json").read_text())
+    api = _api("pnp_sdxl")
     encode = next(n for n in api.values() if n["class_type"] == "VAEEncode")
     scale = api[encode["inputs"]["pixels"][0]]
     assert scale["class_type"] == "ImageScale"

@@ -4,8 +4,8 @@ from __future__ import annotations
 from .features import PnPFeatureBank, PnPGenerateGuidance
 from .files import PnPLoadFeatures, PnPSaveFeatures
 from .inversion import PnPDDIMInversion
-from .sampler import PnPSampler
+from .sampler import PnPGuider, PnPSampler
 from .visualize import PnPFeaturePCA
 
 NODES = [PnPDDIMInversion, PnPFeatureBank, PnPGenerateGuidance, PnPSampler, PnPSaveFeatures, PnPLoadFeatures,
-         PnPFeaturePCA]
+         PnPFeaturePCA, PnPGuider]

@@ -254,16 +254,23 @@ def pnp_guider(model, positive, negative, bank: FeatureBank, cfg: float, plan: I
     return guider
 
 
-def translate(model, positive, negative, bank: FeatureBank, cfg: float, plan: InjectionPlan, final_step: str,
-              strength: float = 1.0, mask: torch.Tensor | None = None, paper_negative=None,
-              negative_alphas: list[float] | None = None) -> torch.Tensor:
-    """PnP sampling: DDIM from the bank's x_T on its timesteps, injecting below the thresholds."""
+def bank_sigmas(model, bank: FeatureBank, final_step: str) -> torch.Tensor:
+    """The sigmas PnP samples on: those of the bank's timesteps, then the final one (float32, CPU).
+
+    ``final_step`` "official" ends at sigma(t=0) (alpha_bar(0), as both official
+    codes), "comfyui" at 0 (ComfyUI's samplers; what PnP Guider outputs).
+    """
     if final_step not in FINAL_STEPS:
         raise PnPInputError(f"final_step must be one of {FINAL_STEPS}, got {final_step!r}.")
     facts = patcher.model_facts(model)
-    guider = pnp_guider(model, positive, negative, bank, cfg, plan, strength, mask, paper_negative, negative_alphas)
     final_sigma = facts.sigma(0) if final_step == "official" else 0.0
-    sigmas = torch.cat([facts.sigmas_at(list(bank.trajectory.timesteps)), torch.tensor([final_sigma])])
+    return torch.cat([facts.sigmas_at(list(bank.trajectory.timesteps)), torch.tensor([final_sigma])])
+
+
+def translate(model, guider: comfy.samplers.CFGGuider, bank: FeatureBank, final_step: str) -> torch.Tensor:
+    """PnP sampling: DDIM (ComfyUI's Euler) with ``guider`` (``pnp_guider``) from the bank's x_T on its timesteps."""
+    sigmas = bank_sigmas(model, bank, final_step)
+    final_sigma = float(sigmas[-1])
     x_T = bank.trajectory.x_T()
     out = guider.sample(torch.zeros_like(x_T), x_T, comfy.samplers.ksampler("euler"), sigmas,
                         callback=_progress(guider.model_patcher, bank.steps), disable_pbar=_disable_pbar(), seed=0)

@@ -228,6 +228,49 @@ def mask() -> dict:
     return {"name": "pnp_mask", "nodes": nodes, "links": links}
 
 
+def custom_sampler() -> dict:
+    nodes, links = _real_image_core("a photo of a gingerbread house on a snowy hill, winter", "pnp/custom_ddim")
+    nodes = [n for n in nodes if n["id"] not in (9, 10, 11)]
+    links = [link for link in links if 9 not in (link[0], link[2]) and link[2] not in (10, 11)]
+    nodes += [
+        _node(9, "PnP_Guider", [1200, 40], {"cfg": 7.5, "feature_injection": 0.8, "attention_injection": 0.5},
+              color=COLOR_PNP, size=[320, 380]),
+        _node(12, "DisableNoise", [1200, 470], title="No noise: start from the bank's x_T", size=[320, 60]),
+        _node(13, "KSamplerSelect", [1200, 580], {"sampler_name": "ddim"}, title="ddim (= PnP Sampler)",
+              size=[320, 60]),
+        _node(14, "SamplerCustomAdvanced", [1570, 40], size=[300, 120]),
+        _node(10, "VAEDecode", [1570, 210], size=[220, 50]),
+        _node(11, "SaveImage", [1920, 40], {"filename_prefix": "pnp/custom_ddim"}, title="ddim", size=[400, 460]),
+        _node(15, "KSamplerSelect", [1200, 690], {"sampler_name": "dpmpp_2m"}, title="another sampler",
+              size=[320, 60]),
+        _node(16, "SamplerCustomAdvanced", [1570, 560], size=[300, 120]),
+        _node(17, "VAEDecode", [1570, 730], size=[220, 50]),
+        _node(18, "SaveImage", [1920, 560], {"filename_prefix": "pnp/custom_dpmpp_2m"}, title="dpmpp_2m",
+              size=[400, 460]),
+    ]
+    links += [
+        (1, 0, 9, "model"), (3, 0, 9, "positive"), (4, 0, 9, "negative"), (8, 0, 9, "features"),
+        (12, 0, 14, "noise"), (9, 0, 14, "guider"), (13, 0, 14, "sampler"), (9, 1, 14, "sigmas"),
+        (9, 2, 14, "latent_image"),
+        (14, 0, 10, "samples"), (1, 2, 10, "vae"), (10, 0, 11, "images"),
+        (12, 0, 16, "noise"), (9, 0, 16, "guider"), (15, 0, 16, "sampler"), (9, 1, 16, "sigmas"),
+        (9, 2, 16, "latent_image"),
+        (16, 0, 17, "samples"), (1, 2, 17, "vae"), (17, 0, 18, "images"),
+    ]
+    nodes.append(_note(20, [830, 560], [340, 520],
+                       "## PnP in SamplerCustomAdvanced\n"
+                       "**PnP Guider** gives ComfyUI's custom sampling nodes what PnP Sampler uses inside: the "
+                       "GUIDER that injects the bank, the SIGMAS of the bank's timesteps (then 0) and the bank's "
+                       "x_T. With **DisableNoise** and the **ddim** sampler the result equals PnP Sampler "
+                       "(`final_step` comfyui) exactly.\n\n"
+                       "Other samplers run too; injection follows the sigma each model evaluation is at: only "
+                       "the bank's own sigmas below the thresholds inject (dpmpp_2m, euler_ancestral: every "
+                       "injecting step once; heun: also its corrector, with the next step's tensors; dpm_2's "
+                       "midpoints: nothing). SplitSigmas can hand the steps after injection to another guider. "
+                       "See the README, *PnP in SamplerCustomAdvanced*.\n\n" + _HOW_TO_INPUT))
+    return {"name": "pnp_custom_sampler", "nodes": nodes, "links": links}
+
+
 def _pca_views(views: list[tuple[str, str, str]]) -> tuple[list, list]:
     """One row per (view, layer, title): PnP Feature PCA on the bank (8) and the model (1), its grid previewed
     and its caption shown (ids 30+10*i .. 32+10*i)."""
@@ -308,7 +351,8 @@ def sdxl() -> dict:
     return {"name": "pnp_sdxl", "nodes": nodes, "links": links}
 
 
-WORKFLOWS = [real_image, generated_guidance, several_prompts, controlnet, mask, feature_pca, sdxl]
+WORKFLOWS = [real_image, generated_guidance, several_prompts, controlnet, mask, feature_pca, sdxl,
+             custom_sampler]
 
 # Builds a spec in the page with the frontend's own LiteGraph classes and returns what it serialises.
 BUILD_JS = """

@@ -69,11 +69,13 @@ def test_workflow_carries_the_paper_defaults(name):
     for bank in by_type.get("PnP_FeatureBank", []) + by_type.get("PnP_GenerateGuidance", []):
         assert (bank["resblock_layers"], bank["attention_layers"]) == ("auto", "auto")
         assert (bank["feature_injection"], bank["attention_injection"]) == (0.8, 0.5)
-    samplers = by_type["PnP_Sampler"]
-    assert samplers
+    samplers, guiders = by_type.get("PnP_Sampler", []), by_type.get("PnP_Guider", [])
+    assert samplers or guiders
+    for s in samplers + guiders:
+        assert (s["cfg"], s["feature_injection"], s["attention_injection"]) == (7.5, 0.8, 0.5)
+        assert (s["threshold_convention"], s["injection_strength"]) == ("pnp-diffusers", 1.0)
     for s in samplers:
-        assert (s["cfg"], s["feature_injection"], s["attention_injection"], s["steps"]) == (7.5, 0.8, 0.5, 0)
-        assert (s["threshold_convention"], s["final_step"], s["injection_strength"]) == ("pnp-diffusers", "official", 1.0)
+        assert (s["steps"], s["final_step"]) == (0, "official")
     titles = [n["_meta"]["title"] for n in api.values() if n["class_type"] == "CLIPTextEncode"]
     assert any(t.startswith("Target prompt") for t in titles), titles
 

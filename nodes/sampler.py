@@ -76,6 +76,13 @@ def _sampler_inputs() -> list:
             "official: the last DDIM step ends at alpha_bar(t=0), as both official codes; comfyui: it "
             "ends at sigma 0 (the clean prediction), as ComfyUI's samplers.")),
         *_option_inputs(),
+        io.Combo.Input("start", options=list(sampling.STARTS), default=sampling.INVERTED, optional=True, tooltip=(
+            "inverted: start from the bank's x_T, the guidance image's inverted noise (the paper). random noise: "
+            "start from Gaussian noise of start_seed, still injecting the bank's features (a user's scheme 1: "
+            "freer backgrounds, but unstable and very seed-dependent).")),
+        io.Int.Input("start_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, optional=True, tooltip=(
+            "Seed of the starting noise when start is 'random noise' (unused for 'inverted'). Not randomized after "
+            "each run, so a re-queued graph reuses the cached result.")),
     ]
 
 
@@ -107,9 +114,10 @@ class PnPSampler(io.ComfyNode):
             display_name="PnP Sampler",
             category=CATEGORY,
             description=(
-                "Plug-and-Play translation: deterministic DDIM from the bank's x_T on the bank's timesteps, "
-                "replacing the target's ResBlock features and self-attention q/k by the guidance image's in "
-                "every guidance branch while the step is below the thresholds."),
+                "Plug-and-Play translation: deterministic DDIM from the bank's x_T (or, with start 'random "
+                "noise', from seeded noise) on the bank's timesteps, replacing the target's ResBlock features and "
+                "self-attention q/k by the guidance image's in every guidance branch while the step is below the "
+                "thresholds."),
             inputs=_sampler_inputs(),
             outputs=[io.Latent.Output("latent", tooltip="The translated image's latent.")],
         )
@@ -121,14 +129,15 @@ class PnPSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, features, cfg, feature_injection, attention_injection, steps,
                 threshold_convention, final_step, negative_prompt=None, negative_alpha=1.0,
-                negative_schedule="linear", mask=None, injection_strength=1.0,
-                outside_mask_strength=0.0) -> io.NodeOutput:
+                negative_schedule="linear", mask=None, injection_strength=1.0, outside_mask_strength=0.0,
+                start=sampling.INVERTED, start_seed=0) -> io.NodeOutput:
         check_inputs(_sampler_inputs(), locals())  # locals(): the inputs, by name
         check_steps(features.steps, steps, "feature bank")
         guider = _guider(model, positive, negative, features, cfg, feature_injection, attention_injection,
                          threshold_convention, negative_prompt, negative_alpha, negative_schedule, mask,
                          injection_strength, outside_mask_strength)
-        return io.NodeOutput({"samples": sampling.translate(model, guider, features, final_step)})
+        samples = sampling.translate(model, guider, features, final_step, start, start_seed)
+        return io.NodeOutput({"samples": samples})
 
 
 class PnPGuider(io.ComfyNode):

@@ -33,6 +33,9 @@ from .schedule import InjectionPlan, ddim_timesteps, inversion_timesteps
 from .sources import StoredSource
 
 FINAL_STEPS = ("official", "comfyui")
+# Where PnP sampling starts: the bank's inverted x_T (the paper), or Gaussian noise from a seed.
+INVERTED, RANDOM_NOISE = "inverted", "random noise"
+STARTS = (INVERTED, RANDOM_NOISE)
 
 log = logging.getLogger("comfyui_pnp")
 
@@ -267,11 +270,32 @@ def bank_sigmas(model, bank: FeatureBank, final_step: str) -> torch.Tensor:
     return torch.cat([facts.sigmas_at(list(bank.trajectory.timesteps)), torch.tensor([final_sigma])])
 
 
-def translate(model, guider: comfy.samplers.CFGGuider, bank: FeatureBank, final_step: str) -> torch.Tensor:
-    """PnP sampling: DDIM (ComfyUI's Euler) with ``guider`` (``pnp_guider``) from the bank's x_T on its timesteps."""
+def start_latent(model, bank: FeatureBank, start: str, seed: int) -> torch.Tensor:
+    """The LATENT (1, C, H, W) PnP sampling starts from at the bank's first timestep.
+
+    "inverted": the bank's x_T (the paper). "random noise": x_T ~ N(0, I) in the
+    official (variance-preserving) scale from ``seed``, i.e. sqrt(1 + sigma_T^2)
+    times ComfyUI's noise in sampling space, as PnP Generate Guidance starts; the
+    bank's features are injected all the same.
+    """
+    if start not in STARTS:
+        raise PnPInputError(f"start must be one of {STARTS}, got {start!r}.")
+    x_T = bank.trajectory.x_T()
+    if start == INVERTED:
+        return x_T
+    facts = patcher.model_facts(model)
+    sigma_T = facts.sigmas_at([bank.trajectory.timesteps[0]])[0]
+    noise = comfy.sample.prepare_noise(x_T, seed)
+    return facts.latent_format.process_out(noise * (1.0 + sigma_T ** 2) ** 0.5)
+
+
+def translate(model, guider: comfy.samplers.CFGGuider, bank: FeatureBank, final_step: str, start: str = INVERTED,
+              seed: int = 0) -> torch.Tensor:
+    """PnP sampling: DDIM (ComfyUI's Euler) with ``guider`` (``pnp_guider``) on the bank's timesteps from
+    ``start_latent``."""
     sigmas = bank_sigmas(model, bank, final_step)
     final_sigma = float(sigmas[-1])
-    x_T = bank.trajectory.x_T()
+    x_T = start_latent(model, bank, start, seed)
     out = guider.sample(torch.zeros_like(x_T), x_T, comfy.samplers.ksampler("euler"), sigmas,
                         callback=_progress(guider.model_patcher, bank.steps), disable_pbar=_disable_pbar(), seed=0)
     # Official: the last DDIM step lands on alpha_bar(0) and returns z = sqrt(alpha_bar(0)) * x.

@@ -228,6 +228,35 @@ def mask() -> dict:
     return {"name": "pnp_mask", "nodes": nodes, "links": links}
 
 
+def random_start() -> dict:
+    nodes, links = _real_image_core("a photo of a gingerbread house on a snowy hill, winter", "pnp/start_inverted")
+    nodes[8]["title"] = "PnP Sampler (start: inverted)"
+    nodes[10]["title"] = "start: inverted (the paper)"
+    nodes += [
+        _node(30, "PnP_Sampler", [1200, 640], {"cfg": 7.5, "feature_injection": 0.8, "attention_injection": 0.5,
+                                              "steps": 0, "start": "random noise", "start_seed": 1},
+              title="PnP Sampler (start: random noise)", color=COLOR_PNP, size=[320, 480]),
+        _node(31, "VAEDecode", [1570, 640], size=[220, 50]),
+        _node(32, "SaveImage", [1570, 740], {"filename_prefix": "pnp/start_random"},
+              title="start: random noise (seed 1)", size=[400, 460]),
+    ]
+    links += [
+        (1, 0, 30, "model"), (3, 0, 30, "positive"), (4, 0, 30, "negative"), (8, 0, 30, "features"),
+        (30, 0, 31, "samples"), (1, 2, 31, "vae"), (31, 0, 32, "images"),
+    ]
+    nodes.append(_note(20, [830, 560], [340, 440],
+                       "## Where PnP starts: inverted x_T or random noise\n"
+                       "Both samplers inject the same bank. The first starts, as the paper, from the guidance "
+                       "image's **inverted** noise x_T; the second (`start` random noise) from Gaussian noise "
+                       "of its `start_seed`, in the official scale.\n\n"
+                       "A user's notes on the paper tried this (their scheme 1) to free the background from "
+                       "the guidance image: the background does follow the prompt more freely, but they found "
+                       "the results unstable and very dependent on the seed, even when injecting for more "
+                       "steps. The inverted x_T carries much of the guidance image (brightness, layout) that "
+                       "injection alone does not. Change `start_seed` to see the spread.\n\n" + _HOW_TO_INPUT))
+    return {"name": "pnp_random_start", "nodes": nodes, "links": links}
+
+
 def custom_sampler() -> dict:
     nodes, links = _real_image_core("a photo of a gingerbread house on a snowy hill, winter", "pnp/custom_ddim")
     nodes = [n for n in nodes if n["id"] not in (9, 10, 11)]
@@ -352,7 +381,7 @@ def sdxl() -> dict:
 
 
 WORKFLOWS = [real_image, generated_guidance, several_prompts, controlnet, mask, feature_pca, sdxl,
-             custom_sampler]
+             custom_sampler, random_start]
 
 # Builds a spec in the page with the frontend's own LiteGraph classes and returns what it serialises.
 BUILD_JS = """

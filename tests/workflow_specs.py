@@ -257,6 +257,58 @@ def random_start() -> dict:
     return {"name": "pnp_random_start", "nodes": nodes, "links": links}
 
 
+def sam_background() -> dict:
+    target = "a gingerbread house in a snowy forest at night, moonlight"
+    nodes, links = _real_image_core(target, "pnp/plain")
+    nodes[8]["title"] = "PnP Sampler (plain PnP)"
+    nodes[10]["title"] = "plain PnP"
+    weakened_sampler = _sampler(18, (1200, 660))
+    weakened_sampler["title"] = "PnP Sampler (weakened background)"
+    nodes += [
+        _node(12, "LoadImageMask", [20, 660], {"image": GUIDANCE_MASK, "channel": "red"},
+              title="Subject mask (or a SAM node's MASK)", size=[330, 380], color=COLOR_INPUT),
+        _node(13, "PnP_WeakenBackground", [400, 660], {"factor": 0.5, "feather": 8}, color=COLOR_PNP,
+              size=[380, 130]),
+        _node(14, "PreviewImage", [400, 920], title="Weakened guidance image", size=[380, 380]),
+        _node(15, "VAEEncode", [400, 830], size=[220, 50]),
+        _node(16, "PnP_DDIMInversion", [830, 660], {"steps": 50, "inversion_steps": 0}, color=COLOR_PNP,
+              size=[320, 160]),
+        _node(17, "PnP_FeatureBank", [830, 870], {"feature_injection": 0.8, "attention_injection": 0.5},
+              color=COLOR_PNP, size=[320, 260]),
+        weakened_sampler,
+        _node(19, "VAEDecode", [1570, 660], size=[220, 50]),
+        _node(21, "PnP_RestoreBrightness", [1570, 750], {"region": "whole image"}, color=COLOR_PNP,
+              size=[400, 90]),
+        _node(22, "SaveImage", [1570, 890], {"filename_prefix": "pnp/sam_background"},
+              title="weakened background, brightness restored", size=[400, 460]),
+    ]
+    links += [
+        (5, 0, 13, "image"), (12, 0, 13, "mask"), (13, 0, 14, "images"),
+        (13, 0, 15, "pixels"), (1, 2, 15, "vae"),
+        (1, 0, 16, "model"), (15, 0, 16, "latent"), (2, 0, 16, "conditioning"),
+        (1, 0, 17, "model"), (16, 0, 17, "inversion"), (2, 0, 17, "conditioning"),
+        (1, 0, 18, "model"), (3, 0, 18, "positive"), (4, 0, 18, "negative"), (17, 0, 18, "features"),
+        (18, 0, 19, "samples"), (1, 2, 19, "vae"),
+        (19, 0, 21, "image"), (13, 1, 21, "brightness"), (21, 0, 22, "images"),
+    ]
+    nodes.append(_note(20, [830, 1180], [700, 300],
+                       "## Background weakening (a user's SAM scheme) beside plain PnP\n"
+                       "The same guidance image and prompt twice. Top: plain PnP. Bottom: **PnP Weaken "
+                       "Background** darkens the guidance image outside the subject mask before VAE Encode "
+                       "(`factor` 0.5, a soft edge of `feather` px), so inversion and bank carry less of the "
+                       "background's clutter and the prompt shapes it more freely; after decoding, **PnP "
+                       "Restore Brightness** divides by the factor again (`region` whole image, as the notes; "
+                       "or weakened area only).\n\n"
+                       "The notes (a shark among water plants, a yellow halo behind a robot) found 0.5 keeps "
+                       "the subject and frees the background; `factor` 0 (deleting the background) fails: no "
+                       "background is generated at all.\n\n"
+                       "**Mask**: `pnp_guidance_mask.png` (the house) via Load Image (as Mask); connect any "
+                       "MASK instead: a SAM node pack's (segment the subject from a point), the Mask Editor. "
+                       "Copy `pnp_guidance.png` and `pnp_guidance_mask.png` to `ComfyUI/input/`.\n\n"
+                       "**Checkpoint**: any SD 1.x or SD 2.x checkpoint (default `v1-5-pruned-emaonly.safetensors`)."))
+    return {"name": "pnp_sam_background", "nodes": nodes, "links": links}
+
+
 def custom_sampler() -> dict:
     nodes, links = _real_image_core("a photo of a gingerbread house on a snowy hill, winter", "pnp/custom_ddim")
     nodes = [n for n in nodes if n["id"] not in (9, 10, 11)]
@@ -381,7 +433,7 @@ def sdxl() -> dict:
 
 
 WORKFLOWS = [real_image, generated_guidance, several_prompts, controlnet, mask, feature_pca, sdxl,
-             custom_sampler, random_start]
+             custom_sampler, random_start, sam_background]
 
 # Builds a spec in the page with the frontend's own LiteGraph classes and returns what it serialises.
 BUILD_JS = """

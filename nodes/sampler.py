@@ -53,8 +53,8 @@ def _option_inputs() -> list:
         io.Mask.Input("mask", optional=True, tooltip=(
             "Where to inject (1) and where not (0), e.g. the subject from a SAM node, Load Image's "
             "alpha or a painted mask: the subject keeps the guidance structure, the background follows "
-            "the prompt. One mask, the guidance image's size (or its latent size); resized to each "
-            "injected layer.")),
+            "the prompt. One mask, the guidance image's size (or its latent size); for a batch of guidance "
+            "images one for every frame or one per frame. Resized to each injected layer.")),
         io.Float.Input("injection_strength", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
                        tooltip=("Blend between the target's own tensors (0) and the guidance image's "
                                 "(1 = the paper's replacement) at the injected layers and steps.")),
@@ -91,9 +91,10 @@ def _guider_inputs() -> list:
     return [*_head_inputs(), _convention_input(), *_option_inputs()]
 
 
-def _guider(model, positive, negative, features, cfg, feature_injection, attention_injection, threshold_convention,
-            negative_prompt, negative_alpha, negative_schedule, mask, injection_strength, outside_mask_strength):
-    """The injection plan, negative-prompt weights and mask weights of the inputs, as a patched guider."""
+def _guidance(features, positive, negative, cfg, feature_injection, attention_injection, threshold_convention,
+              negative_prompt, negative_alpha, negative_schedule, mask, injection_strength,
+              outside_mask_strength) -> sampling.Guidance:
+    """The injection plan, negative-prompt weights and mask weight maps the inputs ask for."""
     plan = InjectionPlan.from_thresholds(features.steps, feature_injection, attention_injection,
                                          threshold_convention)
     alphas = None
@@ -101,9 +102,9 @@ def _guider(model, positive, negative, features, cfg, feature_injection, attenti
         alphas = negative_prompt_alphas(features.steps, negative_schedule, negative_alpha)
     weights = None
     if mask is not None:
-        weights = injection_weight_map(mask, features.trajectory.latent_shape, outside_mask_strength)
-    return sampling.pnp_guider(model, positive, negative, features, cfg, plan, strength=injection_strength,
-                               mask=weights, paper_negative=negative_prompt, negative_alphas=alphas)
+        weights = injection_weight_map(mask, features.trajectory.latent_shape, outside_mask_strength,
+                                       features.frames)
+    return sampling.Guidance(positive, negative, cfg, plan, injection_strength, weights, negative_prompt, alphas)
 
 
 class PnPSampler(io.ComfyNode):
@@ -133,10 +134,10 @@ class PnPSampler(io.ComfyNode):
                 start=sampling.INVERTED, start_seed=0) -> io.NodeOutput:
         check_inputs(_sampler_inputs(), locals())  # locals(): the inputs, by name
         check_steps(features.steps, steps, "feature bank")
-        guider = _guider(model, positive, negative, features, cfg, feature_injection, attention_injection,
-                         threshold_convention, negative_prompt, negative_alpha, negative_schedule, mask,
-                         injection_strength, outside_mask_strength)
-        samples = sampling.translate(model, guider, features, final_step, start, start_seed)
+        guidance = _guidance(features, positive, negative, cfg, feature_injection, attention_injection,
+                             threshold_convention, negative_prompt, negative_alpha, negative_schedule, mask,
+                             injection_strength, outside_mask_strength)
+        samples = sampling.translate(model, guidance, features, final_step, start, start_seed)
         return io.NodeOutput({"samples": samples})
 
 
@@ -173,8 +174,9 @@ class PnPGuider(io.ComfyNode):
                 threshold_convention, negative_prompt=None, negative_alpha=1.0, negative_schedule="linear",
                 mask=None, injection_strength=1.0, outside_mask_strength=0.0) -> io.NodeOutput:
         check_inputs(_guider_inputs(), locals())  # locals(): the inputs, by name
-        guider = _guider(model, positive, negative, features, cfg, feature_injection, attention_injection,
-                         threshold_convention, negative_prompt, negative_alpha, negative_schedule, mask,
-                         injection_strength, outside_mask_strength)
+        guidance = _guidance(features, positive, negative, cfg, feature_injection, attention_injection,
+                             threshold_convention, negative_prompt, negative_alpha, negative_schedule, mask,
+                             injection_strength, outside_mask_strength)
+        guider = sampling.pnp_guider(model, guidance, features)
         sigmas = sampling.bank_sigmas(model, features, "comfyui")
         return io.NodeOutput(guider, sigmas, {"samples": features.trajectory.x_T()})

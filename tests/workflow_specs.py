@@ -20,6 +20,7 @@ CONTROLNET_URL = ("https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_sa
                   "control_v11p_sd15_canny_fp16.safetensors")
 GUIDANCE_IMAGE = "pnp_guidance.png"
 GUIDANCE_MASK = "pnp_guidance_mask.png"
+GUIDANCE_FRAMES = "pnp_frames.png"
 NEGATIVE = "ugly, blurry, black, low res, unrealistic"
 
 COLOR_PNP = "#335"
@@ -309,6 +310,30 @@ def sam_background() -> dict:
     return {"name": "pnp_sam_background", "nodes": nodes, "links": links}
 
 
+def batch_frames() -> dict:
+    nodes, links = _real_image_core("a watercolor painting of a cottage in autumn, falling leaves", "pnp/frames")
+    nodes[4].update(widgets={"image": GUIDANCE_FRAMES}, title="Guidance frames (a batch)")
+    nodes[7]["widgets"]["batch_memory"] = "one frame at a time"
+    nodes[10]["title"] = "Translated frames"
+    nodes.append(_note(20, [830, 560], [340, 560],
+                       "## A batch of guidance images (video frames)\n"
+                       "*Load Image* reads the animated `pnp_frames.png` (a camera pan over the guidance image, "
+                       "4 frames) as one IMAGE batch; every PnP node works on the batch: one inversion "
+                       "trajectory and one bank per frame, and PnP Sampler translates the frames one after "
+                       "another, each exactly as it would be alone (the same target prompt and seed for "
+                       "all).\n\n"
+                       "**Memory**: PnP Feature Bank's `batch_memory` *one frame at a time* records each "
+                       "frame's bank when PnP Sampler reaches it and frees it after (one frame's ~370 MB at "
+                       "512 px, however many frames); *all frames* records them all at once (frames × the "
+                       "bank) so that several samplers reuse them. `mode` on the fly stores none.\n\n"
+                       "**Frames**: any IMAGE batch of one size: a video loader's frames (e.g. a video node "
+                       "pack), an animated PNG/WebP/GIF in Load Image. Copy `pnp_frames.png` from this pack's "
+                       "`workflows/` to `ComfyUI/input/`.\n\n"
+                       "**Checkpoint**: any SD 1.x or SD 2.x checkpoint (default "
+                       "`v1-5-pruned-emaonly.safetensors`)."))
+    return {"name": "pnp_batch_frames", "nodes": nodes, "links": links}
+
+
 def custom_sampler() -> dict:
     nodes, links = _real_image_core("a photo of a gingerbread house on a snowy hill, winter", "pnp/custom_ddim")
     nodes = [n for n in nodes if n["id"] not in (9, 10, 11)]
@@ -433,7 +458,7 @@ def sdxl() -> dict:
 
 
 WORKFLOWS = [real_image, generated_guidance, several_prompts, controlnet, mask, feature_pca, sdxl,
-             custom_sampler, random_start, sam_background]
+             custom_sampler, random_start, sam_background, batch_frames]
 
 # Builds a spec in the page with the frontend's own LiteGraph classes and returns what it serialises.
 BUILD_JS = """

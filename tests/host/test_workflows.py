@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageSequence
 
 import guidance_image
 import workflow_specs
@@ -36,6 +36,10 @@ def test_shipped_guidance_image_and_mask_are_what_the_generator_draws():
     assert shipped.size == (guidance_image.SIZE, guidance_image.SIZE) and shipped.mode == "RGB"
     assert np.array_equal(np.asarray(shipped), np.asarray(image))
     assert np.array_equal(np.asarray(Image.open(WORKFLOWS / guidance_image.MASK_NAME)), np.asarray(mask))
+    shipped = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(Image.open(WORKFLOWS /
+                                                                                guidance_image.FRAMES_NAME))]
+    drawn = [np.asarray(f) for f in guidance_image.draw_frames()]
+    assert len(shipped) == guidance_image.FRAME_COUNT and all(map(np.array_equal, shipped, drawn))
 
 
 @pytest.mark.parametrize("name", NAMES)

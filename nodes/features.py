@@ -8,6 +8,7 @@ from comfy_api.v0_0_2 import io, ui
 from ..pnp_hooks import patcher, sampling
 from ..pnp_hooks.bank import BANK_MODES
 from ..pnp_hooks.schedule import recorded_steps
+from ..pnp_hooks.sources import BATCH_MEMORY, ONE_FRAME
 from .common import BANK_DTYPES, LAYER_TEXT_CHECKS, check_inputs, layer_inputs, queue_time_check, resolve_layers
 from .types import CATEGORY, PnPFeatures, PnPInversion, pnp_schema
 
@@ -29,6 +30,11 @@ def _bank_inputs() -> list:
             "stored: record the source tensors now (fp16: ~370 MB at 512x512 SD1.5) and sample at the "
             "cost of a plain KSampler. on the fly: store nothing; PnP Sampler runs the source pass of each "
             "injecting step in its own UNet call (1.5x the sampling work while injecting).")),
+        io.Combo.Input("batch_memory", options=list(BATCH_MEMORY), default=ONE_FRAME, optional=True, tooltip=(
+            "For a batch of guidance images, stored mode: 'one frame at a time' records each frame's bank when "
+            "PnP Sampler translates it and frees it after (one frame's tensors in memory; each sampler records "
+            "again); 'all frames' records every frame now (frames x the bank's memory, reused by every sampler). "
+            "One image: no difference.")),
     ]
 
 
@@ -58,7 +64,8 @@ class PnPFeatureBank(io.ComfyNode):
             description=(
                 "Records the guidance image's ResBlock features and self-attention inputs from "
                 "UNet(z_t, t, source prompt) at every sampling timestep of the inversion. The bank is "
-                "reused by any number of PnP Samplers (one per target prompt) without recording again."),
+                "reused by any number of PnP Samplers (one per target prompt) without recording again. A batch "
+                "of guidance images gets one bank per image."),
             inputs=_bank_inputs(),
             outputs=[PnPFeatures.Output("features", display_name="features",
                                         tooltip="The feature bank for PnP Sampler.")],
@@ -70,13 +77,14 @@ class PnPFeatureBank(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, inversion, conditioning, resblock_layers, attention_layers, feature_injection,
-                attention_injection, bank_dtype, batch_size, mode=BANK_MODES[0]) -> io.NodeOutput:
+                attention_injection, bank_dtype, batch_size, mode=BANK_MODES[0],
+                batch_memory=ONE_FRAME) -> io.NodeOutput:
         check_inputs(_bank_inputs(), locals(), LAYER_TEXT_CHECKS)  # locals(): the inputs, by name
         facts = patcher.model_facts(model)
         sites = resolve_layers(facts, resblock_layers, attention_layers)
         feature_steps, attention_steps = recorded_steps(inversion.steps, feature_injection, attention_injection)
         bank = sampling.record_bank(model, inversion, conditioning, sites, feature_steps, attention_steps,
-                                    BANK_DTYPES[bank_dtype], batch_size, mode)
+                                    BANK_DTYPES[bank_dtype], batch_size, mode, batch_memory)
         log.info("PnP feature bank: %s", bank.describe())
         return io.NodeOutput(bank, ui=ui.PreviewText(bank.summary()))
 

@@ -16,10 +16,12 @@ class PnPDDIMInversion(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Inverts the guidance image's latent with the official deterministic DDIM inversion "
-                "(eta 0, guidance 1) and keeps the latent at every sampling timestep."),
+                "(eta 0, guidance 1) and keeps the latent at every sampling timestep. A batch (video frames, "
+                "photos of one size) is inverted frame by frame, each exactly as a single image."),
             inputs=[
                 io.Model.Input("model", tooltip="The SD 1.x/2.x or SDXL model used by every PnP node of this graph."),
-                io.Latent.Input("latent", tooltip="The guidance image encoded with VAE Encode (one image)."),
+                io.Latent.Input("latent", tooltip=(
+                    "The guidance image encoded with VAE Encode; a batch of images gives one trajectory per image.")),
                 io.Conditioning.Input("conditioning", tooltip=(
                     "Inversion prompt. The paper inverts with the empty prompt \"\".")),
                 io.Int.Input("steps", default=50, min=1, max=1000, tooltip=(
@@ -32,8 +34,8 @@ class PnPDDIMInversion(io.ComfyNode):
                 PnPInversion.Output("inversion", display_name="inversion",
                                     tooltip="The inverted latent at every sampling timestep."),
                 io.Latent.Output("noise", display_name="noise", tooltip=(
-                    "The inverted latent at the first sampling timestep (x_T), for other samplers: "
-                    "KSampler (Advanced) with add_noise disabled, ddim/ddim_uniform and the same steps.")),
+                    "The inverted latent at the first sampling timestep (x_T; one per image of a batch), for other "
+                    "samplers: KSampler (Advanced) with add_noise disabled, ddim/ddim_uniform and the same steps.")),
             ],
         )
 

@@ -1,4 +1,8 @@
-"""PnP Sampler node: translate the guidance image to a target prompt."""
+"""PnP Sampler and PnP Guider nodes: translate the guidance image to a target prompt.
+
+PnP Sampler runs the whole translation; PnP Guider hands ComfyUI's custom sampling nodes
+(SamplerCustomAdvanced) the same patched guider and the bank's sigmas.
+"""
 from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
@@ -11,8 +15,7 @@ from .common import check_inputs, queue_time_check
 from .types import CATEGORY, PnPFeatures, pnp_schema
 
 
-def _sampler_inputs() -> list:
-    """The node's inputs (also what ``check_inputs`` reads: validate_inputs must not touch the schema)."""
+def _head_inputs() -> list:
     return [
         io.Model.Input("model", tooltip="The same model the bank was recorded with (LoRAs may be added)."),
         io.Conditioning.Input("positive", tooltip="The target prompt (ControlNet may be applied to it)."),
@@ -26,15 +29,17 @@ def _sampler_inputs() -> list:
             "more of the guidance structure. Paper: 0.8.")),
         io.Float.Input("attention_injection", default=0.5, min=0.0, max=1.0, step=0.01, tooltip=(
             "tau_A: inject self-attention q/k during this leading fraction of the steps. Paper: 0.5.")),
-        io.Int.Input("steps", default=0, min=0, max=1000, tooltip=(
-            "0 = the bank's step count. Any other value must equal it (a check for wired graphs).")),
-        io.Combo.Input("threshold_convention", options=list(THRESHOLD_CONVENTIONS),
-                       default="pnp-diffusers", tooltip=(
-            "pnp-diffusers injects while step < int(steps * tau); the original code while "
-            "step <= int(steps * tau), one step more.")),
-        io.Combo.Input("final_step", options=list(sampling.FINAL_STEPS), default="official", tooltip=(
-            "official: the last DDIM step ends at alpha_bar(t=0), as both official codes; comfyui: it "
-            "ends at sigma 0 (the clean prediction), as ComfyUI's samplers.")),
+    ]
+
+
+def _convention_input():
+    return io.Combo.Input("threshold_convention", options=list(THRESHOLD_CONVENTIONS), default="pnp-diffusers",
+                          tooltip=("pnp-diffusers injects while step < int(steps * tau); the original code while "
+                                   "step <= int(steps * tau), one step more."))
+
+
+def _option_inputs() -> list:
+    return [
         io.Conditioning.Input("negative_prompt", optional=True, tooltip=(
             "The original paper's negative prompting: a description of the guidance image, pushed away "
             "from. Helps most for textureless guidance (silhouettes, sketches).")),
@@ -48,8 +53,8 @@ def _sampler_inputs() -> list:
         io.Mask.Input("mask", optional=True, tooltip=(
             "Where to inject (1) and where not (0), e.g. the subject from a SAM node, Load Image's "
             "alpha or a painted mask: the subject keeps the guidance structure, the background follows "
-            "the prompt. One mask, the guidance image's size (or its latent size); resized to each "
-            "injected layer.")),
+            "the prompt. One mask, the guidance image's size (or its latent size); for a batch of guidance "
+            "images one for every frame or one per frame. Resized to each injected layer.")),
         io.Float.Input("injection_strength", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
                        tooltip=("Blend between the target's own tensors (0) and the guidance image's "
                                 "(1 = the paper's replacement) at the injected layers and steps.")),
@@ -60,6 +65,48 @@ def _sampler_inputs() -> list:
     ]
 
 
+def _sampler_inputs() -> list:
+    """The node's inputs (also what ``check_inputs`` reads: validate_inputs must not touch the schema)."""
+    return [
+        *_head_inputs(),
+        io.Int.Input("steps", default=0, min=0, max=1000, tooltip=(
+            "0 = the bank's step count. Any other value must equal it (a check for wired graphs).")),
+        _convention_input(),
+        io.Combo.Input("final_step", options=list(sampling.FINAL_STEPS), default="official", tooltip=(
+            "official: the last DDIM step ends at alpha_bar(t=0), as both official codes; comfyui: it "
+            "ends at sigma 0 (the clean prediction), as ComfyUI's samplers.")),
+        *_option_inputs(),
+        io.Combo.Input("start", options=list(sampling.STARTS), default=sampling.INVERTED, optional=True, tooltip=(
+            "inverted: start from the bank's x_T, the guidance image's inverted noise (the paper). random noise: "
+            "start from Gaussian noise of start_seed, still injecting the bank's features (a user's scheme 1: "
+            "freer backgrounds, but unstable and very seed-dependent).")),
+        io.Int.Input("start_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, optional=True, tooltip=(
+            "Seed of the starting noise when start is 'random noise' (unused for 'inverted'). Not randomized after "
+            "each run, so a re-queued graph reuses the cached result.")),
+    ]
+
+
+def _guider_inputs() -> list:
+    """The node's inputs (also what ``check_inputs`` reads: validate_inputs must not touch the schema)."""
+    return [*_head_inputs(), _convention_input(), *_option_inputs()]
+
+
+def _guidance(features, positive, negative, cfg, feature_injection, attention_injection, threshold_convention,
+              negative_prompt, negative_alpha, negative_schedule, mask, injection_strength,
+              outside_mask_strength) -> sampling.Guidance:
+    """The injection plan, negative-prompt weights and mask weight maps the inputs ask for."""
+    plan = InjectionPlan.from_thresholds(features.steps, feature_injection, attention_injection,
+                                         threshold_convention)
+    alphas = None
+    if negative_prompt is not None:
+        alphas = negative_prompt_alphas(features.steps, negative_schedule, negative_alpha)
+    weights = None
+    if mask is not None:
+        weights = injection_weight_map(mask, features.trajectory.latent_shape, outside_mask_strength,
+                                       features.frames)
+    return sampling.Guidance(positive, negative, cfg, plan, injection_strength, weights, negative_prompt, alphas)
+
+
 class PnPSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -68,9 +115,10 @@ class PnPSampler(io.ComfyNode):
             display_name="PnP Sampler (Plug-and-Play translation)",
             category=CATEGORY,
             description=(
-                "Plug-and-Play translation: deterministic DDIM from the bank's x_T on the bank's timesteps, "
-                "replacing the target's ResBlock features and self-attention q/k by the guidance image's in "
-                "every guidance branch while the step is below the thresholds."),
+                "Plug-and-Play translation: deterministic DDIM from the bank's x_T (or, with start 'random "
+                "noise', from seeded noise) on the bank's timesteps, replacing the target's ResBlock features and "
+                "self-attention q/k by the guidance image's in every guidance branch while the step is below the "
+                "thresholds."),
             inputs=_sampler_inputs(),
             outputs=[io.Latent.Output("latent", display_name="latent", tooltip="The translated image's latent.")],
         )
@@ -82,19 +130,53 @@ class PnPSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, features, cfg, feature_injection, attention_injection, steps,
                 threshold_convention, final_step, negative_prompt=None, negative_alpha=1.0,
-                negative_schedule="linear", mask=None, injection_strength=1.0,
-                outside_mask_strength=0.0) -> io.NodeOutput:
+                negative_schedule="linear", mask=None, injection_strength=1.0, outside_mask_strength=0.0,
+                start=sampling.INVERTED, start_seed=0) -> io.NodeOutput:
         check_inputs(_sampler_inputs(), locals())  # locals(): the inputs, by name
         check_steps(features.steps, steps, "feature bank")
-        plan = InjectionPlan.from_thresholds(features.steps, feature_injection, attention_injection,
-                                             threshold_convention)
-        alphas = None
-        if negative_prompt is not None:
-            alphas = negative_prompt_alphas(features.steps, negative_schedule, negative_alpha)
-        weights = None
-        if mask is not None:
-            weights = injection_weight_map(mask, features.trajectory.latent_shape, outside_mask_strength)
-        samples = sampling.translate(model, positive, negative, features, cfg, plan, final_step,
-                                     strength=injection_strength, mask=weights,
-                                     paper_negative=negative_prompt, negative_alphas=alphas)
+        guidance = _guidance(features, positive, negative, cfg, feature_injection, attention_injection,
+                             threshold_convention, negative_prompt, negative_alpha, negative_schedule, mask,
+                             injection_strength, outside_mask_strength)
+        samples = sampling.translate(model, guidance, features, final_step, start, start_seed)
         return io.NodeOutput({"samples": samples})
+
+
+class PnPGuider(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PnP_Guider",
+            display_name="PnP Guider",
+            category=CATEGORY,
+            description=(
+                "PnP for ComfyUI's custom sampling nodes: the GUIDER that injects the bank (as PnP Sampler does) "
+                "and the SIGMAS of the bank's timesteps, for SamplerCustomAdvanced. Start from the bank's x_T "
+                "with DisableNoise; the ddim sampler then gives exactly PnP Sampler's result (final_step comfyui). "
+                "Injection follows the sigma: evaluations at sigmas that are not the bank's steps inject nothing."),
+            inputs=_guider_inputs(),
+            outputs=[
+                io.Guider.Output("guider", tooltip="For SamplerCustomAdvanced's guider input."),
+                io.Sigmas.Output("sigmas", tooltip=(
+                    "The sigmas of the bank's timesteps, then 0 (ComfyUI's last step, to the clean prediction). "
+                    "Split them with SplitSigmas to hand the last steps to another guider.")),
+                io.Latent.Output("x_T", tooltip=(
+                    "The bank's x_T (the inverted latent at its first timestep), for SamplerCustomAdvanced's "
+                    "latent_image with DisableNoise as noise.")),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, **values):
+        return queue_time_check(_guider_inputs(), values)
+
+    @classmethod
+    def execute(cls, model, positive, negative, features, cfg, feature_injection, attention_injection,
+                threshold_convention, negative_prompt=None, negative_alpha=1.0, negative_schedule="linear",
+                mask=None, injection_strength=1.0, outside_mask_strength=0.0) -> io.NodeOutput:
+        check_inputs(_guider_inputs(), locals())  # locals(): the inputs, by name
+        guidance = _guidance(features, positive, negative, cfg, feature_injection, attention_injection,
+                             threshold_convention, negative_prompt, negative_alpha, negative_schedule, mask,
+                             injection_strength, outside_mask_strength)
+        guider = sampling.pnp_guider(model, guidance, features)
+        sigmas = sampling.bank_sigmas(model, features, "comfyui")
+        return io.NodeOutput(guider, sigmas, {"samples": features.trajectory.x_T()})

@@ -3,6 +3,11 @@
 Both are immutable: ComfyUI caches node outputs and may hand the same object to
 later prompts, so nothing here is ever written after construction.
 
+A batch of guidance images (video frames, photos) is a ``TrajectoryBatch``
+(one trajectory per frame) and a ``FeatureBank`` whose source is a
+``sources.FrameSources`` (one source per frame); ``FeatureBank.frame(i)`` is
+frame i's own single-image bank.
+
 Shapes (B = branches recorded, 1 for a real image's single source pass, 2 for
 a generated guidance image recorded under CFG: uncond, cond):
 - ``Trajectory.latents``: (N, C, H, W), float32, the latent at each sampling
@@ -16,6 +21,7 @@ a generated guidance image recorded under CFG: uncond, cond):
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -77,18 +83,89 @@ class Trajectory:
     def x_T(self) -> torch.Tensor:
         return self.latents[0:1]
 
+    @property
+    def nbytes(self) -> int:
+        return self.latents.numel() * self.latents.element_size()
+
+    @property
+    def frames(self) -> int:
+        return 1
+
+    def frame(self, index: int) -> "Trajectory":
+        _check_frame(index, 1)
+        return self
+
+
+@dataclass(frozen=True)
+class TrajectoryBatch:
+    """PNP_INVERSION of a batch of guidance images: one ``Trajectory`` per frame (same model, timesteps, size)."""
+
+    trajectories: tuple[Trajectory, ...]
+
+    def __post_init__(self):
+        first = self.trajectories[0]
+        if any((t.model, t.timesteps, t.latent_shape) != (first.model, first.timesteps, first.latent_shape)
+               for t in self.trajectories):
+            raise PnPInputError("The frames of a batch must share the model, the timesteps and the image size.")
+
+    @property
+    def frames(self) -> int:
+        return len(self.trajectories)
+
+    def frame(self, index: int) -> Trajectory:
+        _check_frame(index, self.frames)
+        return self.trajectories[index]
+
+    @property
+    def model(self) -> ModelIdentity:
+        return self.trajectories[0].model
+
+    @property
+    def timesteps(self) -> tuple[int, ...]:
+        return self.trajectories[0].timesteps
+
+    @property
+    def steps(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return self.trajectories[0].latent_shape
+
+    @property
+    def inversion_steps(self) -> int:
+        return self.trajectories[0].inversion_steps
+
+    @property
+    def origin(self) -> str:
+        return self.trajectories[0].origin
+
+    def x_T(self) -> torch.Tensor:
+        """Every frame's x_T, (frames, C, H, W)."""
+        return torch.cat([t.x_T() for t in self.trajectories])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.trajectories)
+
+
+def _check_frame(index: int, frames: int) -> None:
+    if not 0 <= index < frames:
+        raise IndexError(f"frame {index} of a batch of {frames}")
+
 
 @dataclass(frozen=True)
 class FeatureBank:
     """PNP_FEATURES: a trajectory, the sites and leading steps to inject, and where their tensors come from.
 
-    ``source`` is a ``sources.StoredSource`` (recorded tensors) or a
-    ``live_source.LiveSource`` (computed while sampling); ``source_conditioning``
+    ``source`` is a ``sources.StoredSource`` (recorded tensors), a
+    ``live_source.LiveSource`` (computed while sampling) or, for a batch of
+    frames, a ``sources.FrameSources`` (one of those per frame); ``source_conditioning``
     is the ComfyUI CONDITIONING of the source pass (PnP Feature PCA records
     layers the bank lacks with it).
     """
 
-    trajectory: Trajectory
+    trajectory: Trajectory | TrajectoryBatch
     sites: LayerSites
     branches: tuple[str, ...]
     feature_steps: int
@@ -100,6 +177,19 @@ class FeatureBank:
     @property
     def steps(self) -> int:
         return self.trajectory.steps
+
+    @property
+    def frames(self) -> int:
+        return self.trajectory.frames
+
+    def frame(self, index: int, **record_options) -> "FeatureBank":
+        """Frame ``index``'s own bank (a single-image bank is its own frame 0). For a batch recorded one frame at
+        a time this records the frame now (``record_options`` go to the recording)."""
+        if self.frames == 1:
+            _check_frame(index, 1)
+            return self
+        return dataclasses.replace(self, trajectory=self.trajectory.frame(index),
+                                   source=self.source.frame_source(index, **record_options))
 
     @property
     def mode(self) -> str:
@@ -120,8 +210,7 @@ class FeatureBank:
 
     @property
     def trajectory_nbytes(self) -> int:
-        latents = self.trajectory.latents
-        return latents.numel() * latents.element_size()
+        return self.trajectory.nbytes
 
     def summary(self) -> str:
         """What the bank holds, as the node shows it: steps and sites, bytes, layers, guidance image size."""
@@ -138,6 +227,10 @@ class FeatureBank:
 
     def describe(self) -> str:
         head = f"{self.trajectory.origin} source, {self.steps} steps, {self.sites.describe()}"
+        if self.frames > 1:
+            head = f"{self.frames} frames, {head}, {self.source.describe()}"
+            if self.source.deferred:
+                return f"{head} (trajectories {self.trajectory_nbytes} bytes)"
         if self.mode == ON_THE_FLY:
             return (f"{head}, source pass computed on the fly while sampling (0 feature bytes stored, trajectory "
                     f"{self.trajectory_nbytes} bytes)")
@@ -165,6 +258,15 @@ def check_model(recorded: ModelIdentity, current: ModelIdentity, what: str) -> N
             f"This {what} was made with another noise schedule (sigma table {recorded.schedule[:10]}) than the "
             f"MODEL connected here ({current.schedule[:10]}): a ModelSampling* node (e.g. zero terminal SNR) sits "
             f"on one of the two paths. Connect the same MODEL to every PnP node."
+        )
+
+
+def check_one_frame(bank: FeatureBank, what: str) -> None:
+    """``what`` works on the bank of one guidance image; refuse a batch with what to do instead."""
+    if bank.frames != 1:
+        raise PnPInputError(
+            f"{what} takes the bank of one guidance image; this bank holds {bank.frames} frames. Translate a batch "
+            f"with PnP Sampler, or pick one frame with 'Latent From Batch' before PnP DDIM Inversion."
         )
 
 

@@ -1,8 +1,9 @@
 """Spatial injection weights from a user's MASK (pure torch, no ComfyUI).
 
 A ComfyUI MASK is (B, H, W) (or (H, W)) in [0, 1]. PnP accepts one mask
-(batch 1) at the guidance image's pixel size (latent size x 8 for SD 1.x/2.x)
-or at its latent size. It becomes a weight map (1, H, W):
+(batch 1; for a batch of guidance images, one for every frame or one per
+frame) at the guidance image's pixel size (latent size x 8 for SD 1.x/2.x)
+or at its latent size. It becomes a weight map (B, H, W):
 ``w = outside + (1 - outside) * mask``, so the mask's inside injects fully and
 its outside with weight ``outside`` (0 = not at all). ``injection.Injector``
 resizes the map to each site's (h, w) (``mask_at_resolution``) and multiplies
@@ -18,8 +19,10 @@ from .errors import PnPInputError
 VAE_SCALE = 8
 
 
-def injection_weight_map(mask: torch.Tensor, latent_shape: tuple[int, ...], outside: float) -> torch.Tensor:
-    """Check ``mask`` against the bank's latent (C, h, w) and return the weight map (1, H, W), float32."""
+def injection_weight_map(mask: torch.Tensor, latent_shape: tuple[int, ...], outside: float,
+                         frames: int = 1) -> torch.Tensor:
+    """Check ``mask`` against the bank's latent (C, h, w) and ``frames`` guidance images and return the weight
+    map (1 or frames, H, W), float32."""
     h, w = latent_shape[-2:]
     image_hw = (h * VAE_SCALE, w * VAE_SCALE)
     if mask.ndim == 2:
@@ -29,9 +32,10 @@ def injection_weight_map(mask: torch.Tensor, latent_shape: tuple[int, ...], outs
             f"The mask has shape {list(mask.shape)}; a MASK is (batch, height, width). Connect a MASK output "
             f"(Load Image's MASK, Load Image (as Mask), a SAM/segmentation node)."
         )
-    if mask.shape[0] != 1:
+    if mask.shape[0] not in (1, frames):
+        per_frame = f" or one per frame ({frames})" if frames > 1 else ""
         raise PnPInputError(
-            f"The mask holds a batch of {mask.shape[0]} masks; PnP uses one mask for the guidance image. "
+            f"The mask holds a batch of {mask.shape[0]} masks; PnP uses one mask for the guidance image{per_frame}. "
             f"Combine them (Mask Composite, 'add') or pick one (Convert Mask to Image -> Image From Batch -> "
             f"Convert Image to Mask)."
         )

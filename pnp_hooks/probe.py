@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from . import patcher, sampling, visualize
-from .bank import FeatureBank, check_model
+from .bank import FeatureBank, check_model, check_one_frame
 from .errors import PnPInputError
 from .injection import COND_CHUNK, branch_of
 from .layers import LayerSites, first_default_site, parse_site, resolve_sites
@@ -89,6 +89,7 @@ def feature_pca(bank: FeatureBank, kind: str, layer: str, steps_spec: str, model
     """
     if kind not in VIEW_KINDS:
         raise PnPInputError(f"view must be one of {VIEW_KINDS}, got {kind!r}.")
+    check_one_frame(bank, "PnP Feature PCA")
     facts = None
     if model is not None:
         facts = patcher.model_facts(model)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -25,25 +26,30 @@ import latent_preview
 from comfy.k_diffusion.sampling import to_d, trange
 
 from . import batching, live_source, patcher
-from .bank import ON_THE_FLY, SOURCE_CFG, SOURCE_SINGLE, STORED, FeatureBank, Trajectory, check_model
+from .bank import (ON_THE_FLY, SOURCE_CFG, SOURCE_SINGLE, STORED, FeatureBank, Trajectory, TrajectoryBatch,
+                   check_model, check_one_frame)
 from .errors import PnPInputError
 from .injection import Injector, Recorder
 from .layers import LayerSites
 from .schedule import InjectionPlan, ddim_timesteps, inversion_timesteps
-from .sources import StoredSource
+from .sources import BATCH_MEMORY, ONE_FRAME, FrameSources, StoredSource
 
 FINAL_STEPS = ("official", "comfyui")
+# Where PnP sampling starts: the bank's inverted x_T (the paper), or Gaussian noise from a seed.
+INVERTED, RANDOM_NOISE = "inverted", "random noise"
+STARTS = (INVERTED, RANDOM_NOISE)
 
 log = logging.getLogger("comfyui_pnp")
 
 
-def check_source_latent(samples: torch.Tensor, facts: patcher.ModelFacts, what: str) -> None:
+def check_source_latent(samples: torch.Tensor, facts: patcher.ModelFacts, what: str, batch: bool = False) -> None:
+    """A LATENT of this model's channels; of one image unless ``batch``."""
     if samples.ndim != 4 or samples.shape[0] == 0:
         raise PnPInputError(f"The {what} is empty or not an image latent (shape {list(samples.shape)}).")
-    if samples.shape[0] != 1:
+    if samples.shape[0] != 1 and not batch:
         raise PnPInputError(
-            f"The {what} holds a batch of {samples.shape[0]}; PnP works on one guidance image at a time. "
-            f"Pick one with 'Latent From Batch'."
+            f"The {what} holds a batch of {samples.shape[0]}; this node makes one guidance image. Set the batch "
+            f"size to 1 (a batch of real images can be translated: PnP DDIM Inversion takes it)."
         )
     channels = facts.latent_format.latent_channels
     if samples.shape[1] != channels:
@@ -53,8 +59,18 @@ def check_source_latent(samples: torch.Tensor, facts: patcher.ModelFacts, what: 
         )
 
 
-def _progress(model, total: int):
-    return latent_preview.prepare_callback(model, total)
+def _progress(model, total: int, progress: tuple[int, int] | None = None):
+    """ComfyUI's progress callback (bar and previews) for ``total`` steps; ``progress`` = (done, overall) places
+    them within a longer run (the frames of a batch) on one bar."""
+    if progress is None:
+        return latent_preview.prepare_callback(model, total)
+    done, overall = progress
+    callback = latent_preview.prepare_callback(model, overall)
+
+    def shifted(step, x0, x, _total):
+        callback(done + step, x0, x, overall)
+
+    return shifted
 
 
 def _disable_pbar() -> bool:
@@ -86,10 +102,25 @@ def _official_ddim_inversion(model, x, sigmas, extra_args=None, callback=None, d
     return x
 
 
-def invert(model, samples: torch.Tensor, conditioning, steps: int, inversion_steps: int) -> Trajectory:
-    """DDIM-invert a LATENT (1, C, H, W) and keep it at every sampling timestep."""
+def invert(model, samples: torch.Tensor, conditioning, steps: int,
+           inversion_steps: int) -> Trajectory | TrajectoryBatch:
+    """DDIM-invert a LATENT (frames, C, H, W) and keep it at every sampling timestep: a ``Trajectory`` for one
+    image, a ``TrajectoryBatch`` for several, each frame inverted on its own exactly as a single image."""
     facts = patcher.model_facts(model)
-    check_source_latent(samples, facts, "latent to invert")
+    check_source_latent(samples, facts, "latent to invert", batch=True)
+    frames = samples.shape[0]
+    total = len(inversion_timesteps(steps, inversion_steps))
+    trajectories = []
+    for i in range(frames):
+        progress = None if frames == 1 else (i * total, frames * total)
+        trajectories.append(_invert_one(model, facts, samples[i:i + 1], conditioning, steps, inversion_steps,
+                                        progress))
+    return trajectories[0] if frames == 1 else TrajectoryBatch(tuple(trajectories))
+
+
+def _invert_one(model, facts: patcher.ModelFacts, samples: torch.Tensor, conditioning, steps: int,
+                inversion_steps: int, progress: tuple[int, int] | None) -> Trajectory:
+    """DDIM-invert one image's LATENT (1, C, H, W)."""
     sampling_ts = ddim_timesteps(steps)
     inversion_ts = inversion_timesteps(steps, inversion_steps)
     levels = [0] + inversion_ts
@@ -103,7 +134,7 @@ def invert(model, samples: torch.Tensor, conditioning, steps: int, inversion_ste
     guider.set_cfg(1.0)
     sampler = comfy.samplers.KSAMPLER(_official_ddim_inversion, extra_options={"keep": keep, "kept": kept})
     guider.sample(torch.zeros_like(samples), samples, sampler, facts.sigmas_at(levels),
-                  callback=_progress(relabelled, len(inversion_ts)), disable_pbar=_disable_pbar(), seed=0)
+                  callback=_progress(relabelled, len(inversion_ts), progress), disable_pbar=_disable_pbar(), seed=0)
     latents = torch.cat([kept[t] for t in sampling_ts])
     latents = facts.latent_format.process_out(latents.float().cpu())
     return Trajectory(facts.identity, tuple(sampling_ts), latents, len(inversion_ts), "inverted")
@@ -150,22 +181,48 @@ def _source_pass(model, x, sigmas, extra_args=None, callback=None, disable=None,
     return x
 
 
-def record_bank(model, trajectory: Trajectory, conditioning, sites: LayerSites, feature_steps: int,
-                attention_steps: int, storage_dtype: torch.dtype, batch_size: int,
-                mode: str = STORED) -> FeatureBank:
+def record_bank(model, trajectory: Trajectory | TrajectoryBatch, conditioning, sites: LayerSites,
+                feature_steps: int, attention_steps: int, storage_dtype: torch.dtype, batch_size: int,
+                mode: str = STORED, batch_memory: str = ONE_FRAME) -> FeatureBank:
     """Record the bank from ``UNet(z_t_inverted, t, conditioning)`` (pnp-diffusers' source pass).
 
     ``batch_size``: timesteps per UNet call, 0 = automatic (see ``batching``).
     ``mode`` "on the fly": record nothing; the bank's source is a ``LiveSource``
-    that PnP sampling runs per injecting step.
+    that PnP sampling runs per injecting step. A batch of frames gets one
+    source per frame (``FrameSources``); stored, ``batch_memory`` says whether
+    every frame is recorded now (``ALL_FRAMES``) or each when it is translated
+    (``ONE_FRAME``: one frame's tensors in memory at a time). Each frame's source
+    is the one its own single-image bank would have.
     """
     facts = patcher.model_facts(model)
     check_model(trajectory.model, facts.identity, "inversion")
     if mode == ON_THE_FLY:
         live_source.check_conditioning(conditioning)
-        return FeatureBank(trajectory, sites, SOURCE_SINGLE, trajectory.steps, trajectory.steps,
-                           live_source.LiveSource(trajectory, sites, conditioning), storage_dtype,
-                           source_conditioning=conditioning)
+    if batch_memory not in BATCH_MEMORY:
+        raise PnPInputError(f"batch_memory must be one of {BATCH_MEMORY}, got {batch_memory!r}.")
+    record = partial(_record_source, model, facts, trajectory, conditioning, sites, feature_steps, attention_steps,
+                     storage_dtype, batch_size, mode)
+    frames = trajectory.frames
+    if frames == 1:
+        source = record(0)
+    elif mode == STORED and batch_memory == ONE_FRAME:
+        source = FrameSources(mode, frames, record=record)
+    else:
+        recorded = max(feature_steps, attention_steps)
+        source = FrameSources(mode, frames, held=tuple(record(i, progress=(i * recorded, frames * recorded))
+                                                        for i in range(frames)))
+    steps = (trajectory.steps, trajectory.steps) if mode == ON_THE_FLY else (feature_steps, attention_steps)
+    return FeatureBank(trajectory, sites, SOURCE_SINGLE, *steps, source, storage_dtype,
+                       source_conditioning=conditioning)
+
+
+def _record_source(model, facts: patcher.ModelFacts, trajectory: Trajectory | TrajectoryBatch, conditioning,
+                   sites: LayerSites, feature_steps: int, attention_steps: int, storage_dtype: torch.dtype,
+                   batch_size: int, mode: str, frame: int, progress: tuple[int, int] | None = None):
+    """Frame ``frame``'s source: a ``LiveSource`` on the fly, else its recorded ``StoredSource``."""
+    trajectory = trajectory.frame(frame)
+    if mode == ON_THE_FLY:
+        return live_source.LiveSource(trajectory, sites, conditioning)
     recorded_steps = max(feature_steps, attention_steps)
     recorder = Recorder(sites, feature_steps, attention_steps, SOURCE_SINGLE,
                         comfy.model_management.intermediate_device(), storage_dtype)
@@ -183,11 +240,9 @@ def record_bank(model, trajectory: Trajectory, conditioning, sites: LayerSites, 
         shape = (1,) + trajectory.latent_shape
         # The sampler's own schedule only sizes the progress bar: one entry per recorded step, then 0.
         guider.sample(torch.zeros(shape), torch.zeros(shape), sampler, torch.cat([sigmas, sigmas.new_zeros(1)]),
-                      callback=_progress(clone, recorded_steps), disable_pbar=_disable_pbar(), seed=0)
+                      callback=_progress(clone, recorded_steps, progress), disable_pbar=_disable_pbar(), seed=0)
     resblock, attention = recorder.build()
-    return FeatureBank(trajectory, sites, SOURCE_SINGLE, feature_steps, attention_steps,
-                       StoredSource(resblock, attention, SOURCE_SINGLE), storage_dtype,
-                       source_conditioning=conditioning)
+    return StoredSource(resblock, attention, SOURCE_SINGLE)
 
 
 def generate_guidance(model, positive, negative, samples: torch.Tensor, seed: int, steps: int, cfg: float,
@@ -231,46 +286,119 @@ def generate_guidance(model, positive, negative, samples: torch.Tensor, seed: in
     return bank, final.float().cpu() / (1.0 + sigmas[-1] ** 2) ** 0.5
 
 
-def pnp_guider(model, positive, negative, bank: FeatureBank, cfg: float, plan: InjectionPlan,
-               strength: float = 1.0, mask: torch.Tensor | None = None, paper_negative=None,
-               negative_alphas: list[float] | None = None) -> comfy.samplers.CFGGuider:
-    """ComfyUI's own CFGGuider on a clone that injects ``bank`` below the thresholds of ``plan``.
+@dataclass(frozen=True)
+class Guidance:
+    """What PnP Sampler and PnP Guider inject with, for any bank: prompts, CFG, thresholds, strength, the paper's
+    negative prompt and its per-step weights, and the mask's weight maps (1 or frames, H, W): one for every
+    frame, or one per frame."""
 
-    With ``paper_negative`` (the original paper's negative prompt, with its
-    per-step ``negative_alphas``) the guider carries it as one more
+    positive: list
+    negative: list
+    cfg: float
+    plan: InjectionPlan
+    strength: float = 1.0
+    masks: torch.Tensor | None = None
+    paper_negative: list | None = None
+    negative_alphas: list[float] | None = None
+
+    def mask_of(self, frame: int) -> torch.Tensor | None:
+        if self.masks is None or self.masks.shape[0] == 1:
+            return self.masks
+        return self.masks[frame:frame + 1]
+
+
+def pnp_guider(model, guidance: Guidance, bank: FeatureBank, frame: int = 0) -> comfy.samplers.CFGGuider:
+    """ComfyUI's own CFGGuider on a clone that injects ``bank`` (of one image; ``frame``: which mask of
+    ``guidance`` is its) below the thresholds of ``guidance.plan``.
+
+    With ``guidance.paper_negative`` (the original paper's negative prompt, with
+    its per-step ``negative_alphas``) the guider carries it as one more
     conditioning; a live bank's source prompt likewise. Every pre/post-CFG
     hook on the model keeps working: the guider is not subclassed.
     """
+    check_one_frame(bank, "PnP Guider")
     facts = patcher.model_facts(model)
     check_model(bank.trajectory.model, facts.identity, "feature bank")
-    injector = Injector(bank.sites, bank.source, plan, (bank.feature_steps, bank.attention_steps), strength, mask)
+    injector = Injector(bank.sites, bank.source, guidance.plan, (bank.feature_steps, bank.attention_steps),
+                        guidance.strength, guidance.mask_of(frame))
     step_sigmas = facts.sigmas_at(list(bank.trajectory.timesteps))
-    clone = patcher.with_pnp_sites(model, injector, step_sigmas, negative_alphas if paper_negative else None)
+    paper_negative = guidance.paper_negative
+    clone = patcher.with_pnp_sites(model, injector, step_sigmas, guidance.negative_alphas if paper_negative else None)
     guider = comfy.samplers.CFGGuider(clone)
-    conds = {"positive": positive, "negative": negative, **bank.source.guider_conds()}
+    conds = {"positive": guidance.positive, "negative": guidance.negative, **bank.source.guider_conds()}
     if paper_negative is not None:
         conds[patcher.NEGATIVE_COND] = paper_negative
     guider.inner_set_conds(conds)
-    guider.set_cfg(cfg)
+    guider.set_cfg(guidance.cfg)
     return guider
 
 
-def translate(model, positive, negative, bank: FeatureBank, cfg: float, plan: InjectionPlan, final_step: str,
-              strength: float = 1.0, mask: torch.Tensor | None = None, paper_negative=None,
-              negative_alphas: list[float] | None = None, callback=None) -> torch.Tensor:
-    """PnP sampling: DDIM from the bank's x_T on its timesteps, injecting below the thresholds.
+def bank_sigmas(model, bank: FeatureBank, final_step: str) -> torch.Tensor:
+    """The sigmas PnP samples on: those of the bank's timesteps, then the final one (float32, CPU).
 
-    ``callback(step, x0, x, total)``: per-step progress; default ComfyUI's progress bar with previews.
+    ``final_step`` "official" ends at sigma(t=0) (alpha_bar(0), as both official
+    codes), "comfyui" at 0 (ComfyUI's samplers; what PnP Guider outputs).
     """
     if final_step not in FINAL_STEPS:
         raise PnPInputError(f"final_step must be one of {FINAL_STEPS}, got {final_step!r}.")
     facts = patcher.model_facts(model)
-    guider = pnp_guider(model, positive, negative, bank, cfg, plan, strength, mask, paper_negative, negative_alphas)
     final_sigma = facts.sigma(0) if final_step == "official" else 0.0
-    sigmas = torch.cat([facts.sigmas_at(list(bank.trajectory.timesteps)), torch.tensor([final_sigma])])
+    return torch.cat([facts.sigmas_at(list(bank.trajectory.timesteps)), torch.tensor([final_sigma])])
+
+
+def start_latent(model, bank: FeatureBank, start: str, seed: int) -> torch.Tensor:
+    """The LATENT (1, C, H, W) PnP sampling of a one-image bank starts from at its first timestep.
+
+    "inverted": the bank's x_T (the paper). "random noise": x_T ~ N(0, I) in the
+    official (variance-preserving) scale from ``seed``, i.e. sqrt(1 + sigma_T^2)
+    times ComfyUI's noise in sampling space, as PnP Generate Guidance starts; the
+    bank's features are injected all the same.
+    """
+    if start not in STARTS:
+        raise PnPInputError(f"start must be one of {STARTS}, got {start!r}.")
     x_T = bank.trajectory.x_T()
+    if start == INVERTED:
+        return x_T
+    facts = patcher.model_facts(model)
+    sigma_T = facts.sigmas_at([bank.trajectory.timesteps[0]])[0]
+    noise = comfy.sample.prepare_noise(x_T, seed)
+    return facts.latent_format.process_out(noise * (1.0 + sigma_T ** 2) ** 0.5)
+
+
+def translate(model, guidance: Guidance, bank: FeatureBank, final_step: str, start: str = INVERTED,
+              seed: int = 0, progress: tuple[int, int] | None = None) -> torch.Tensor:
+    """PnP sampling of every frame of ``bank``: DDIM (ComfyUI's Euler) on the bank's timesteps from
+    ``start_latent``, injecting with ``guidance``. Returns (frames, C, H, W).
+
+    Frames run one after another, each with its own bank and guider exactly as
+    a single image (the same seed for every frame's random start). A bank
+    recorded one frame at a time records each frame just before its sampling
+    and drops it after; progress runs over all frames on one bar, or at
+    ``progress`` = (done, overall) on a longer one (PnP Threshold Sweep's cells).
+    """
+    sigmas = bank_sigmas(model, bank, final_step)
+    recording = max(bank.feature_steps, bank.attention_steps) if bank.frames > 1 and bank.source.deferred else 0
+    per_frame = recording + bank.steps
+    done, overall = progress or (0, bank.frames * per_frame)
+    out = []
+    for frame in range(bank.frames):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        frame_progress = None if progress is None and bank.frames == 1 else (done + frame * per_frame, overall)
+        out.append(_translate_frame(model, guidance, bank, frame, sigmas, start, seed, recording, frame_progress))
+    return torch.cat(out)
+
+
+def _translate_frame(model, guidance: Guidance, bank: FeatureBank, frame: int, sigmas: torch.Tensor, start: str,
+                     seed: int, recording: int, progress: tuple[int, int] | None) -> torch.Tensor:
+    """One frame of ``translate`` (its bank and guider go when it returns: one frame's tensors at a time)."""
+    frame_bank = bank.frame(frame, progress=progress) if recording else bank.frame(frame)
+    guider = pnp_guider(model, guidance, frame_bank, frame)
+    x_T = start_latent(model, frame_bank, start, seed)
+    if progress is not None:
+        progress = (progress[0] + recording, progress[1])
     out = guider.sample(torch.zeros_like(x_T), x_T, comfy.samplers.ksampler("euler"), sigmas,
-                        callback=callback or _progress(guider.model_patcher, bank.steps), disable_pbar=_disable_pbar(),
+                        callback=_progress(guider.model_patcher, bank.steps, progress), disable_pbar=_disable_pbar(),
                         seed=0)
     # Official: the last DDIM step lands on alpha_bar(0) and returns z = sqrt(alpha_bar(0)) * x.
+    final_sigma = float(sigmas[-1])
     return out.float().cpu() / (1.0 + final_sigma ** 2) ** 0.5

@@ -10,16 +10,20 @@ once per injecting step and never knows which kind of source it has:
   intermediate device; a step's slice moves to the UNet's device where used.
 - ``live_source.LiveSource``: nothing stored; the source pass runs for the
   step in its own UNet call just before the target's (on-the-fly mode).
+
+A bank of several guidance images (frames) has a ``FrameSources``: one of
+those per frame, made with the bank or, one frame at a time, when the frame is
+translated.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import torch
 
-from .bank import STORED
+from .bank import ON_THE_FLY, STORED
 from .injection import StepFeatures
 
 
@@ -64,3 +68,61 @@ class StoredSource:
     def guider_conds(self) -> dict:
         """Extra conditionings the sampler's guider carries for this source: none."""
         return {}
+
+
+# What a stored bank of frames keeps in memory: one frame's tensors at a time (recorded when the frame is
+# translated), or every frame's (recorded with the bank).
+ONE_FRAME, ALL_FRAMES = "one frame at a time", "all frames"
+BATCH_MEMORY = (ONE_FRAME, ALL_FRAMES)
+_NOTHING: Mapping = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class FrameSources:
+    """The sources of a bank of several guidance images, one ``FeatureSource`` per frame.
+
+    ``held``: every frame's source, made with the bank: ``LiveSource``s on the
+    fly (nothing stored), or ``StoredSource``s with ``ALL_FRAMES`` (every frame's
+    tensors in memory). ``record``: frame index -> that frame's ``StoredSource``,
+    recorded when the frame is translated and dropped with it (``ONE_FRAME``: one
+    frame's tensors in memory at a time).
+    """
+
+    mode: str
+    count: int
+    held: tuple = ()
+    record: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        if (self.record is None) == (len(self.held) != self.count):
+            raise ValueError("FrameSources needs a source for every frame, or a way to record each")
+
+    @property
+    def deferred(self) -> bool:
+        """Whether frames are recorded when they are translated."""
+        return self.record is not None
+
+    @property
+    def resblock(self) -> Mapping[int, torch.Tensor]:
+        return _NOTHING  # per frame: ``frame_source(i)``
+
+    @property
+    def attention(self) -> Mapping[tuple[int, int], torch.Tensor]:
+        return _NOTHING
+
+    @property
+    def nbytes(self) -> int:
+        return sum(source.nbytes for source in self.held)
+
+    def frame_source(self, index: int, **record_options):
+        """Frame ``index``'s source; recorded now (``record_options`` go to ``record``) when the bank defers it."""
+        if self.record is not None:
+            return self.record(index, **record_options)
+        return self.held[index]
+
+    def describe(self) -> str:
+        if self.mode == ON_THE_FLY:
+            return "each frame's source pass on the fly"
+        if self.deferred:
+            return "each frame recorded when it is translated, one frame's tensors in memory at a time"
+        return "every frame recorded"

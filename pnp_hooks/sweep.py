@@ -14,10 +14,9 @@ from dataclasses import dataclass
 import torch
 
 import comfy.model_management
-import comfy.utils
 
 from . import charts, metrics, sampling, scoring
-from .bank import FeatureBank
+from .bank import FeatureBank, check_one_frame
 from .errors import PnPInputError
 from .injection import check_plan_fits
 from .schedule import InjectionPlan
@@ -45,6 +44,7 @@ def run_sweep(model, positive, negative, bank: FeatureBank, vae, guidance: torch
               text_model, text_prompt, cells: list[metrics.Cell], cfg: float, convention: str, final_step: str,
               crop: bool) -> SweepResult:
     """Sample, decode and score every cell; see the module docstring."""
+    check_one_frame(bank, "PnP Threshold Sweep")
     scoring.check_images(guidance, "guidance image")
     if guidance.shape[0] != 1:
         raise PnPInputError(f"The sweep scores every cell against one guidance image; the guidance input holds "
@@ -57,17 +57,11 @@ def run_sweep(model, positive, negative, bank: FeatureBank, vae, guidance: torch
     scoring.check_text_model(text_model)
     scoring.text_embedding(text_prompt)
     total = len(cells) * bank.steps
-    progress = comfy.utils.ProgressBar(total)
     latents, images = [], []
     for index, (cell, plan) in enumerate(zip(cells, plans)):
         comfy.model_management.throw_exception_if_processing_interrupted()
-        done = index * bank.steps
-
-        def step_progress(step, x0, x, steps, done=done):
-            progress.update_absolute(done + step + 1, total)
-
-        samples = sampling.translate(model, positive, negative, bank, cfg, plan, final_step,
-                                     strength=cell.injection_strength, callback=step_progress)
+        guidance_of_cell = sampling.Guidance(positive, negative, cfg, plan, cell.injection_strength)
+        samples = sampling.translate(model, guidance_of_cell, bank, final_step, progress=(index * bank.steps, total))
         latents.append(samples)
         images.append(decode(vae, samples).float().cpu())
     latents_all, images_all = torch.cat(latents), torch.cat(images)

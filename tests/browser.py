@@ -472,8 +472,9 @@ def _widget_index(frontend: Frontend, node_id: int, names: dict[str, object]):
 
 
 def small_inputs(folder: Path, size: int = FAST_SIZE) -> dict[str, Path]:
-    """The shipped guidance image and mask, downscaled, under their shipped names (for the server's input/)."""
-    from PIL import Image
+    """The shipped guidance image, mask and frames, downscaled, under their shipped names (for the server's
+    input/)."""
+    from PIL import Image, ImageSequence
 
     import guidance_image
 
@@ -483,6 +484,10 @@ def small_inputs(folder: Path, size: int = FAST_SIZE) -> dict[str, Path]:
         img = Image.open(guidance_image.WORKFLOWS / name)
         img.resize((size, size), Image.Resampling.LANCZOS).save(folder / name)
         out[name] = folder / name
+    frames = [frame.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+              for frame in ImageSequence.Iterator(Image.open(guidance_image.WORKFLOWS / guidance_image.FRAMES_NAME))]
+    guidance_image.save_frames(frames, folder / guidance_image.FRAMES_NAME)
+    out[guidance_image.FRAMES_NAME] = folder / guidance_image.FRAMES_NAME
     return out
 
 

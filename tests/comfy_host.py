@@ -19,7 +19,8 @@ from find_comfyui import PACK_ROOT, find_comfyui, torchvision_stand_in
 
 # The pack's published node IDs (saved in users' workflows: they never change).
 PACK_NODE_IDS = ("PnP_DDIMInversion", "PnP_FeatureBank", "PnP_GenerateGuidance", "PnP_Sampler", "PnP_SaveFeatures",
-                 "PnP_LoadFeatures", "PnP_FeaturePCA", "PnP_StructureScore", "PnP_TextScore", "PnP_ThresholdSweep")
+                 "PnP_LoadFeatures", "PnP_FeaturePCA", "PnP_StructureScore", "PnP_TextScore", "PnP_ThresholdSweep",
+                 "PnP_Guider", "PnP_WeakenBackground", "PnP_RestoreBrightness")
 
 
 @dataclass

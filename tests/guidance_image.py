@@ -1,10 +1,12 @@
 """The guidance image shipped in workflows/ (and its subject mask), drawn procedurally.
 
 A 512x512 scene: sky, sun, two hills, a house (the subject: walls, roof,
-chimney, door, windows) and a tree. The mask is the house's silhouette. Run
-``python tests/guidance_image.py`` to rewrite ``workflows/pnp_guidance.png``
-and ``workflows/pnp_guidance_mask.png``; a test checks the shipped files equal
-what this draws.
+chimney, door, windows) and a tree. The mask is the house's silhouette. The
+frames are a camera pan over the scene (448x448 crops moving right), an
+animated PNG that Load Image reads as a batch. Run
+``python tests/guidance_image.py`` to rewrite ``workflows/pnp_guidance.png``,
+``workflows/pnp_guidance_mask.png`` and ``workflows/pnp_frames.png``; a test
+checks the shipped files equal what this draws.
 """
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ SIZE = 512
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 IMAGE_NAME = "pnp_guidance.png"
 MASK_NAME = "pnp_guidance_mask.png"
+FRAMES_NAME = "pnp_frames.png"
+FRAME_COUNT = 4
+FRAME_SIZE = 448
+FRAME_PAN = 16  # px the camera moves right per frame
 
 HOUSE = [(150, 250, 362, 420)]  # walls
 ROOF = [(130, 255), (256, 150), (382, 255)]
@@ -51,10 +57,23 @@ def draw_scene() -> tuple[Image.Image, Image.Image]:
     return img, mask
 
 
+def draw_frames() -> list[Image.Image]:
+    """The camera pan: FRAME_COUNT crops of the scene, FRAME_SIZE px, FRAME_PAN px apart."""
+    img, _ = draw_scene()
+    top = (SIZE - FRAME_SIZE) // 2
+    return [img.crop((k * FRAME_PAN, top, k * FRAME_PAN + FRAME_SIZE, top + FRAME_SIZE)) for k in range(FRAME_COUNT)]
+
+
+def save_frames(frames: list[Image.Image], path: Path) -> None:
+    """An animated PNG (Load Image gives its frames as one IMAGE batch)."""
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=125, loop=0, optimize=True)
+
+
 def write(folder: Path = WORKFLOWS) -> None:
     img, mask = draw_scene()
     img.save(folder / IMAGE_NAME, optimize=True)
     mask.save(folder / MASK_NAME, optimize=True)
+    save_frames(draw_frames(), folder / FRAMES_NAME)
 
 
 if __name__ == "__main__":

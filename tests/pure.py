@@ -15,7 +15,7 @@ from find_comfyui import PACK_ROOT
 PACKAGE = "comfyui_pnp_pure_hooks"
 # Modules that must import without ComfyUI (``patcher``, ``sampling`` and ``probe`` wire them to it).
 PURE_MODULES = ("errors", "indices", "schedule", "layers", "masks", "bank", "injection", "sources", "live_source",
-                "bank_file", "visualize", "host_api", "metrics", "charts")
+                "bank_file", "visualize", "host_api", "metrics", "charts", "background")
 
 
 def pure(module: str):

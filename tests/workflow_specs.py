@@ -60,6 +60,7 @@ CLIP_G = "clip_g.safetensors"
 CLIP_G_URL = "https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/text_encoders/clip_g.safetensors"
 GUIDANCE_IMAGE = "pnp_guidance.png"
 GUIDANCE_MASK = "pnp_guidance_mask.png"
+GUIDANCE_FRAMES = "pnp_frames.png"
 NEGATIVE = "ugly, blurry, black, low res, unrealistic"
 
 COLOR_PNP = "#335"
@@ -281,6 +282,158 @@ def mask() -> dict:
                  "The subject keeps its structure, the background follows the prompt.", nodes, links)
 
 
+def random_start() -> dict:
+    nodes, links = _real_image_core("a photo of a gingerbread house on a snowy hill, winter", "pnp/start_inverted")
+    nodes[8]["title"] = "PnP Sampler (start: inverted)"
+    nodes[10]["title"] = "start: inverted (the paper)"
+    nodes += [
+        _node(30, "PnP_Sampler", [1200, 640], {"cfg": 7.5, "feature_injection": 0.8, "attention_injection": 0.5,
+                                              "steps": 0, "start": "random noise", "start_seed": 1},
+              title="PnP Sampler (start: random noise)", color=COLOR_PNP, size=[320, 480]),
+        _node(31, "VAEDecode", [1570, 640], size=[220, 50]),
+        _node(32, "SaveImage", [1570, 740], {"filename_prefix": "pnp/start_random"},
+              title="start: random noise (seed 1)", size=[400, 460]),
+    ]
+    links += [
+        (1, 0, 30, "model"), (3, 0, 30, "positive"), (4, 0, 30, "negative"), (8, 0, 30, "features"),
+        (30, 0, 31, "samples"), (1, 2, 31, "vae"), (31, 0, 32, "images"),
+    ]
+    nodes.append(_note(20, [830, 560], [340, 440],
+                       "## Where PnP starts: inverted x_T or random noise\n"
+                       "Both samplers inject the same bank. The first starts, as the paper, from the guidance "
+                       "image's **inverted** noise x_T; the second (`start` random noise) from Gaussian noise "
+                       "of its `start_seed`, in the official scale.\n\n"
+                       "A user's notes on the paper tried this (their scheme 1) to free the background from "
+                       "the guidance image: the background does follow the prompt more freely, but they found "
+                       "the results unstable and very dependent on the seed, even when injecting for more "
+                       "steps. The inverted x_T carries much of the guidance image (brightness, layout) that "
+                       "injection alone does not. Change `start_seed` to see the spread.\n\n" + _HOW_TO_INPUT))
+    return _spec("pnp_random_start", 12, "Random start instead of inverted noise",
+                 "Sample from seeded noise, still injecting the bank (unstable).", nodes, links)
+
+
+def sam_background() -> dict:
+    target = "a gingerbread house in a snowy forest at night, moonlight"
+    nodes, links = _real_image_core(target, "pnp/plain")
+    nodes[8]["title"] = "PnP Sampler (plain PnP)"
+    nodes[10]["title"] = "plain PnP"
+    weakened_sampler = _sampler(18, (1200, 660))
+    weakened_sampler["title"] = "PnP Sampler (weakened background)"
+    nodes += [
+        _node(12, "LoadImageMask", [20, 660], {"image": GUIDANCE_MASK, "channel": "red"},
+              title="Subject mask (or a SAM node's MASK)", size=[330, 380], color=COLOR_INPUT),
+        _node(13, "PnP_WeakenBackground", [400, 660], {"factor": 0.5, "feather": 8}, color=COLOR_PNP,
+              size=[380, 130]),
+        _node(14, "PreviewImage", [400, 920], title="Weakened guidance image", size=[380, 380]),
+        _node(15, "VAEEncode", [400, 830], size=[220, 50]),
+        _node(16, "PnP_DDIMInversion", [830, 660], {"steps": 50, "inversion_steps": 0}, color=COLOR_PNP,
+              size=[320, 160]),
+        _node(17, "PnP_FeatureBank", [830, 870], {"feature_injection": 0.8, "attention_injection": 0.5},
+              color=COLOR_PNP, size=[320, 260]),
+        weakened_sampler,
+        _node(19, "VAEDecode", [1570, 660], size=[220, 50]),
+        _node(21, "PnP_RestoreBrightness", [1570, 750], {"region": "whole image"}, color=COLOR_PNP,
+              size=[400, 90]),
+        _node(22, "SaveImage", [1570, 890], {"filename_prefix": "pnp/sam_background"},
+              title="weakened background, brightness restored", size=[400, 460]),
+    ]
+    links += [
+        (5, 0, 13, "image"), (12, 0, 13, "mask"), (13, 0, 14, "images"),
+        (13, 0, 15, "pixels"), (1, 2, 15, "vae"),
+        (1, 0, 16, "model"), (15, 0, 16, "latent"), (2, 0, 16, "conditioning"),
+        (1, 0, 17, "model"), (16, 0, 17, "inversion"), (2, 0, 17, "conditioning"),
+        (1, 0, 18, "model"), (3, 0, 18, "positive"), (4, 0, 18, "negative"), (17, 0, 18, "features"),
+        (18, 0, 19, "samples"), (1, 2, 19, "vae"),
+        (19, 0, 21, "image"), (13, 1, 21, "brightness"), (21, 0, 22, "images"),
+    ]
+    nodes.append(_note(20, [830, 1180], [700, 300],
+                       "## Background weakening (a user's SAM scheme) beside plain PnP\n"
+                       "The same guidance image and prompt twice. Top: plain PnP. Bottom: **PnP Weaken "
+                       "Background** darkens the guidance image outside the subject mask before VAE Encode "
+                       "(`factor` 0.5, a soft edge of `feather` px), so inversion and bank carry less of the "
+                       "background's clutter and the prompt shapes it more freely; after decoding, **PnP "
+                       "Restore Brightness** divides by the factor again (`region` whole image, as the notes; "
+                       "or weakened area only).\n\n"
+                       "The notes (a shark among water plants, a yellow halo behind a robot) found 0.5 keeps "
+                       "the subject and frees the background; `factor` 0 (deleting the background) fails: no "
+                       "background is generated at all.\n\n"
+                       "**Mask**: `pnp_guidance_mask.png` (the house) via Load Image (as Mask); connect any "
+                       "MASK instead: a SAM node pack's (segment the subject from a point), the Mask Editor. "
+                       "Copy `pnp_guidance.png` and `pnp_guidance_mask.png` to `ComfyUI/input/`.\n\n"
+                       "**Checkpoint**: any SD 1.x or SD 2.x checkpoint (default `v1-5-pruned-emaonly.safetensors`)."))
+    return _spec("pnp_sam_background", 9, "Weaken the background with a mask",
+                 "Background x0.5 before inversion, x2 after; beside plain PnP.", nodes, links)
+
+
+def batch_frames() -> dict:
+    nodes, links = _real_image_core("a watercolor painting of a cottage in autumn, falling leaves", "pnp/frames")
+    nodes[4].update(widgets={"image": GUIDANCE_FRAMES}, title="Guidance frames (a batch)")
+    nodes[7]["widgets"]["batch_memory"] = "one frame at a time"
+    nodes[10]["title"] = "Translated frames"
+    nodes.append(_note(20, [830, 560], [340, 560],
+                       "## A batch of guidance images (video frames)\n"
+                       "*Load Image* reads the animated `pnp_frames.png` (a camera pan over the guidance image, "
+                       "4 frames) as one IMAGE batch; every PnP node works on the batch: one inversion "
+                       "trajectory and one bank per frame, and PnP Sampler translates the frames one after "
+                       "another, each exactly as it would be alone (the same target prompt and seed for "
+                       "all).\n\n"
+                       "**Memory**: PnP Feature Bank's `batch_memory` *one frame at a time* records each "
+                       "frame's bank when PnP Sampler reaches it and frees it after (one frame's ~370 MB at "
+                       "512 px, however many frames); *all frames* records them all at once (frames × the "
+                       "bank) so that several samplers reuse them. `mode` on the fly stores none.\n\n"
+                       "**Frames**: any IMAGE batch of one size: a video loader's frames (e.g. a video node "
+                       "pack), an animated PNG/WebP/GIF in Load Image. Copy `pnp_frames.png` from this pack's "
+                       "`workflows/` to `ComfyUI/input/`.\n\n"
+                       "**Checkpoint**: any SD 1.x or SD 2.x checkpoint (default "
+                       "`v1-5-pruned-emaonly.safetensors`)."))
+    return _spec("pnp_batch_frames", 10, "Batch of frames",
+                 "Invert, record and translate a batch, frame by frame.", nodes, links)
+
+
+def custom_sampler() -> dict:
+    nodes, links = _real_image_core("a photo of a gingerbread house on a snowy hill, winter", "pnp/custom_ddim")
+    nodes = [n for n in nodes if n["id"] not in (9, 10, 11)]
+    links = [link for link in links if 9 not in (link[0], link[2]) and link[2] not in (10, 11)]
+    nodes += [
+        _node(9, "PnP_Guider", [1200, 40], {"cfg": 7.5, "feature_injection": 0.8, "attention_injection": 0.5},
+              color=COLOR_PNP, size=[320, 380]),
+        _node(12, "DisableNoise", [1200, 470], title="No noise: start from the bank's x_T", size=[320, 60]),
+        _node(13, "KSamplerSelect", [1200, 580], {"sampler_name": "ddim"}, title="ddim (= PnP Sampler)",
+              size=[320, 60]),
+        _node(14, "SamplerCustomAdvanced", [1570, 40], size=[300, 120]),
+        _node(10, "VAEDecode", [1570, 210], size=[220, 50]),
+        _node(11, "SaveImage", [1920, 40], {"filename_prefix": "pnp/custom_ddim"}, title="ddim", size=[400, 460]),
+        _node(15, "KSamplerSelect", [1200, 690], {"sampler_name": "dpmpp_2m"}, title="another sampler",
+              size=[320, 60]),
+        _node(16, "SamplerCustomAdvanced", [1570, 560], size=[300, 120]),
+        _node(17, "VAEDecode", [1570, 730], size=[220, 50]),
+        _node(18, "SaveImage", [1920, 560], {"filename_prefix": "pnp/custom_dpmpp_2m"}, title="dpmpp_2m",
+              size=[400, 460]),
+    ]
+    links += [
+        (1, 0, 9, "model"), (3, 0, 9, "positive"), (4, 0, 9, "negative"), (8, 0, 9, "features"),
+        (12, 0, 14, "noise"), (9, 0, 14, "guider"), (13, 0, 14, "sampler"), (9, 1, 14, "sigmas"),
+        (9, 2, 14, "latent_image"),
+        (14, 0, 10, "samples"), (1, 2, 10, "vae"), (10, 0, 11, "images"),
+        (12, 0, 16, "noise"), (9, 0, 16, "guider"), (15, 0, 16, "sampler"), (9, 1, 16, "sigmas"),
+        (9, 2, 16, "latent_image"),
+        (16, 0, 17, "samples"), (1, 2, 17, "vae"), (17, 0, 18, "images"),
+    ]
+    nodes.append(_note(20, [830, 560], [340, 520],
+                       "## PnP in SamplerCustomAdvanced\n"
+                       "**PnP Guider** gives ComfyUI's custom sampling nodes what PnP Sampler uses inside: the "
+                       "GUIDER that injects the bank, the SIGMAS of the bank's timesteps (then 0) and the bank's "
+                       "x_T. With **DisableNoise** and the **ddim** sampler the result equals PnP Sampler "
+                       "(`final_step` comfyui) exactly.\n\n"
+                       "Other samplers run too; injection follows the sigma each model evaluation is at: only "
+                       "the bank's own sigmas below the thresholds inject (dpmpp_2m, euler_ancestral: every "
+                       "injecting step once; heun: also its corrector, with the next step's tensors; dpm_2's "
+                       "midpoints: nothing). SplitSigmas can hand the steps after injection to another guider. "
+                       "See the README, *PnP in SamplerCustomAdvanced*.\n\n" + _HOW_TO_INPUT))
+    return _spec("pnp_custom_sampler", 11, "PnP in SamplerCustomAdvanced",
+                 "PnP Guider and the bank's sigmas for the custom sampling nodes.", nodes, links)
+
+
 def _pca_views(views: list[tuple[str, str, str]]) -> tuple[list, list]:
     """One row per (view, layer, title): PnP Feature PCA on the bank (8) and the model (1), its grid previewed
     and its caption shown (ids 30+10*i .. 32+10*i)."""
@@ -413,7 +566,8 @@ def sweep() -> dict:
                  "A grid of thresholds from one bank, scored for structure and text.", nodes, links)
 
 
-WORKFLOWS = [real_image, generated_guidance, several_prompts, controlnet, mask, feature_pca, sdxl, sweep]
+WORKFLOWS = [real_image, generated_guidance, several_prompts, controlnet, mask, feature_pca, sdxl, sweep,
+             sam_background, batch_frames, custom_sampler, random_start]
 
 
 def file_stems(specs: list[dict]) -> dict[str, str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageSequence
 
 import guidance_image
 import template_cards
@@ -81,6 +81,10 @@ def test_shipped_guidance_image_and_mask_are_what_the_generator_draws():
     assert shipped.size == (guidance_image.SIZE, guidance_image.SIZE) and shipped.mode == "RGB"
     assert np.array_equal(np.asarray(shipped), np.asarray(image))
     assert np.array_equal(np.asarray(Image.open(WORKFLOWS / guidance_image.MASK_NAME)), np.asarray(mask))
+    shipped = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(Image.open(WORKFLOWS /
+                                                                                guidance_image.FRAMES_NAME))]
+    drawn = [np.asarray(f) for f in guidance_image.draw_frames()]
+    assert len(shipped) == guidance_image.FRAME_COUNT and all(map(np.array_equal, shipped, drawn))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -114,13 +118,14 @@ def test_workflow_carries_the_paper_defaults(name):
     for bank in by_type.get("PnP_FeatureBank", []) + by_type.get("PnP_GenerateGuidance", []):
         assert (bank["resblock_layers"], bank["attention_layers"]) == ("auto", "auto")
         assert (bank["feature_injection"], bank["attention_injection"]) == (0.8, 0.5)
-    samplers = by_type.get("PnP_Sampler", [])
+    samplers, guiders = by_type.get("PnP_Sampler", []), by_type.get("PnP_Guider", [])
     sweeps = by_type.get("PnP_ThresholdSweep", [])
-    assert samplers or sweeps
+    assert samplers or guiders or sweeps
+    for s in samplers + guiders:
+        assert (s["cfg"], s["feature_injection"], s["attention_injection"]) == (7.5, 0.8, 0.5)
+        assert (s["threshold_convention"], s["injection_strength"]) == ("pnp-diffusers", 1.0)
     for s in samplers:
-        assert (s["cfg"], s["feature_injection"], s["attention_injection"], s["steps"]) == (7.5, 0.8, 0.5, 0)
-        assert (s["threshold_convention"], s["final_step"], s["injection_strength"]) == \
-            ("pnp-diffusers", "official", 1.0)
+        assert (s["steps"], s["final_step"]) == (0, "official")
     for s in sweeps:  # the grid reaches the paper's thresholds, which the bank records
         values = [[float(v) for v in s[f"{name}_values"].split(",")]
                   for name in ("feature_injection", "attention_injection", "injection_strength")]

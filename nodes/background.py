@@ -5,7 +5,7 @@ from comfy_api.v0_0_2 import io
 
 from ..pnp_hooks import background
 from .common import check_inputs, queue_time_check
-from .types import CATEGORY
+from .types import INSPECT_CATEGORY, pnp_schema
 
 
 def _weaken_inputs() -> list:
@@ -28,10 +28,10 @@ def _weaken_inputs() -> list:
 class PnPWeakenBackground(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return pnp_schema(
             node_id="PnP_WeakenBackground",
             display_name="PnP Weaken Background",
-            category=CATEGORY,
+            category=INSPECT_CATEGORY,
             description=(
                 "A user's improvement of PnP (SAM background weakening): darkens the guidance image outside the "
                 "subject mask before VAE Encode, so the inversion and the bank carry less of the background's "
@@ -39,8 +39,9 @@ class PnPWeakenBackground(io.ComfyNode):
                 "Brightness."),
             inputs=_weaken_inputs(),
             outputs=[
-                io.Image.Output("weakened", tooltip="The weakened guidance image, for VAE Encode."),
-                io.Mask.Output("brightness", tooltip=(
+                io.Image.Output("weakened", display_name="weakened",
+                                tooltip="The weakened guidance image, for VAE Encode."),
+                io.Mask.Output("brightness", display_name="brightness", tooltip=(
                     "The factor each pixel was multiplied by (1 on the subject, factor on the background), for "
                     "PnP Restore Brightness.")),
             ],
@@ -60,10 +61,10 @@ class PnPWeakenBackground(io.ComfyNode):
 class PnPRestoreBrightness(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return pnp_schema(
             node_id="PnP_RestoreBrightness",
             display_name="PnP Restore Brightness",
-            category=CATEGORY,
+            category=INSPECT_CATEGORY,
             description=(
                 "After VAE Decode, brightens a translation of a background-weakened guidance image (PnP Weaken "
                 "Background): the inverted noise keeps the darker background, so the result is dark there. As "
@@ -78,7 +79,8 @@ class PnPRestoreBrightness(io.ComfyNode):
                     "brightened too, clipped at white). weakened area only: each pixel divided by the factor it "
                     "was weakened by (the subject unchanged).")),
             ],
-            outputs=[io.Image.Output("restored", tooltip="The brightened image, clipped to [0, 1].")],
+            outputs=[io.Image.Output("restored", display_name="restored",
+                                     tooltip="The brightened image, clipped to [0, 1].")],
         )
 
     @classmethod

@@ -7,7 +7,7 @@ from ..pnp_hooks import metrics, scoring, sweep
 from ..pnp_hooks.schedule import THRESHOLD_CONVENTIONS
 from ..pnp_hooks.sampling import FINAL_STEPS
 from .common import check_inputs, queue_time_check
-from .types import CATEGORY, PnPFeatures
+from .types import CATEGORY, INSPECT_CATEGORY, PnPFeatures, pnp_schema
 
 CROPS = {"center": True, "none": False}
 
@@ -21,10 +21,10 @@ def _crop_input() -> io.Combo.Input:
 class PnPStructureScore(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return pnp_schema(
             node_id="PnP_StructureScore",
             display_name="PnP Structure Score",
-            category=CATEGORY,
+            category=INSPECT_CATEGORY,
             description=(
                 "The paper's structure score (Splice's self-similarity distance): the cosine self-similarity of "
                 "the vision model's last-layer keys over all tokens, of the guidance image and of each image; the "
@@ -62,10 +62,10 @@ class PnPStructureScore(io.ComfyNode):
 class PnPTextScore(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return pnp_schema(
             node_id="PnP_TextScore",
             display_name="PnP Text Score",
-            category=CATEGORY,
+            category=INSPECT_CATEGORY,
             description=(
                 "The paper's text fidelity: cosine similarity of each image's CLIP image embedding and the "
                 "prompt's CLIP text embedding, in the same joint space. Higher follows the prompt more."),
@@ -140,7 +140,7 @@ def _value_checks() -> dict:
 class PnPThresholdSweep(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return pnp_schema(
             node_id="PnP_ThresholdSweep",
             display_name="PnP Threshold Sweep",
             category=CATEGORY,

@@ -144,7 +144,7 @@ class PnPSampler(io.ComfyNode):
 class PnPGuider(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return pnp_schema(
             node_id="PnP_Guider",
             display_name="PnP Guider",
             category=CATEGORY,
@@ -155,11 +155,11 @@ class PnPGuider(io.ComfyNode):
                 "Injection follows the sigma: evaluations at sigmas that are not the bank's steps inject nothing."),
             inputs=_guider_inputs(),
             outputs=[
-                io.Guider.Output("guider", tooltip="For SamplerCustomAdvanced's guider input."),
-                io.Sigmas.Output("sigmas", tooltip=(
+                io.Guider.Output("guider", display_name="guider", tooltip="For SamplerCustomAdvanced's guider input."),
+                io.Sigmas.Output("sigmas", display_name="sigmas", tooltip=(
                     "The sigmas of the bank's timesteps, then 0 (ComfyUI's last step, to the clean prediction). "
                     "Split them with SplitSigmas to hand the last steps to another guider.")),
-                io.Latent.Output("x_T", tooltip=(
+                io.Latent.Output("x_T", display_name="x_T", tooltip=(
                     "The bank's x_T (the inverted latent at its first timestep), for SamplerCustomAdvanced's "
                     "latent_image with DisableNoise as noise.")),
             ],

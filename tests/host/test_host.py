@@ -15,12 +15,15 @@ from find_comfyui import PACK_ROOT, with_stand_in
 from comfy_host import PACK_NODE_IDS, run_prompt
 from harness import Prompt, encode, input_image, run_node
 
-# The node library folders: the UNet-running nodes under sampling, the bank's files under loaders, the PCA picture
-# under image, each in a plug-and-play sub-category.
+# The node library folders: the UNet-running nodes under sampling, the bank's files under loaders, the nodes that
+# work on pictures (PCA, scores, background weakening) under image, each in a plug-and-play sub-category.
 CATEGORIES = {"PnP_DDIMInversion": "sampling/plug-and-play", "PnP_FeatureBank": "sampling/plug-and-play",
               "PnP_GenerateGuidance": "sampling/plug-and-play", "PnP_Sampler": "sampling/plug-and-play",
+              "PnP_Guider": "sampling/plug-and-play", "PnP_ThresholdSweep": "sampling/plug-and-play",
               "PnP_SaveFeatures": "loaders/plug-and-play", "PnP_LoadFeatures": "loaders/plug-and-play",
-              "PnP_FeaturePCA": "image/plug-and-play"}
+              "PnP_FeaturePCA": "image/plug-and-play", "PnP_StructureScore": "image/plug-and-play",
+              "PnP_TextScore": "image/plug-and-play", "PnP_WeakenBackground": "image/plug-and-play",
+              "PnP_RestoreBrightness": "image/plug-and-play"}
 
 
 def test_comfy_loader_registers_every_node_with_tooltips(host):

@@ -72,3 +72,17 @@ def history(server, prompt_id: str, timeout: float = 60.0) -> dict:
             return entry
         time.sleep(0.1)
     raise TimeoutError(f"no history entry for prompt {prompt_id} within {timeout:.0f} s")
+
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Start a new peak-RSS window for process ``pid`` (Linux: writing 5 to clear_refs resets VmHWM)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as refs:
+        refs.write("5")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The highest RSS of process ``pid`` since ``reset_peak_rss`` (VmHWM)."""
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024

@@ -7,7 +7,6 @@ must give exactly the uninterrupted result.
 """
 from __future__ import annotations
 
-import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -48,19 +47,21 @@ def _saved_latent(server, run: server_client.Run, node_id: str) -> torch.Tensor:
 
 def test_queued_translations_keep_memory_flat_and_give_identical_results(server, translation):
     prompt, refs = translation
-    process = psutil.Process(server.proc.pid)
-    rss, latents = [], []
+    peaks, latents = [], []
     for _ in range(QUEUED):
+        server_client.reset_peak_rss(server.proc.pid)
         run = server_client.run(server, prompt.api)
         assert run.end == "execution_success", server.log_tail()
-        rss.append(process.memory_info().rss / 2 ** 20)
+        peaks.append(server_client.peak_rss_mib(server.proc.pid))
         latents.append(_saved_latent(server, run, refs["output"].node_id))
-    print("\nserver RSS after each translation (MiB): " + ", ".join(f"{r:.1f}" for r in rss))
+    print("\nserver peak RSS of each translation (MiB): " + ", ".join(f"{r:.1f}" for r in peaks))
     assert all(torch.equal(latent, latents[0]) for latent in latents)
-    # The process settles: the last four runs add less than 8 MiB in all (the allocator may still step up
-    # once or twice before; what the pack keeps of a run is checked object by object in
-    # test_hostile_input.py::test_nothing_of_a_run_stays_alive)
-    assert rss[-1] - rss[-4] < 8.0 and max(rss[2:]) - rss[2] < 128.0, rss
+    # The peak of each run (the checkpoint loaded, --cache-none reloads it per prompt): sampled after a run, RSS
+    # is bimodal (the checkpoint still loaded or already collected by ComfyUI's 10 s gc timer); the peak is not.
+    # After two warm-up runs the peaks stay within 32 MiB of the third and the last four within 16 MiB: no run
+    # keeps a run's worth of memory (what the pack keeps of a run is checked object by object in
+    # test_hostile_input.py::test_nothing_of_a_run_stays_alive).
+    assert max(peaks[2:]) - peaks[2] < 32.0 and max(peaks[-4:]) - min(peaks[-4:]) < 16.0, peaks
 
 
 @pytest.mark.parametrize("node", ["inversion", "bank", "sampler"])

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
-
 from comfy_api.v0_0_2 import io
 
+from ..pnp_hooks.bank import STORAGE_DTYPES
 from ..pnp_hooks.errors import PnPInputError, require_finite
 from ..pnp_hooks.layers import DEFAULTS, LayerSites, check_spec, resolve_sites
 from ..pnp_hooks.patcher import ModelFacts
-
-BANK_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 
 def layer_inputs() -> list:
@@ -35,7 +32,7 @@ def layer_inputs() -> list:
         io.Float.Input("attention_injection", default=0.5, min=0.0, max=1.0, step=0.01, tooltip=(
             "Largest self-attention injection threshold (tau_A, fraction of steps) a PnP Sampler will use "
             "with this bank: only those leading steps are recorded. Paper: 0.5.")),
-        io.Combo.Input("bank_dtype", options=list(BANK_DTYPES), default="fp16", tooltip=(
+        io.Combo.Input("bank_dtype", options=list(STORAGE_DTYPES), default="fp16", tooltip=(
             "Precision of the stored features. fp16 halves the memory; fp32 reproduces the official "
             "code bit for bit.")),
     ]

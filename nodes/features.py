@@ -6,10 +6,10 @@ import logging
 from comfy_api.v0_0_2 import io, ui
 
 from ..pnp_hooks import patcher, sampling
-from ..pnp_hooks.bank import BANK_MODES
+from ..pnp_hooks.bank import BANK_MODES, STORAGE_DTYPES
 from ..pnp_hooks.schedule import recorded_steps
 from ..pnp_hooks.sources import BATCH_MEMORY, ONE_FRAME
-from .common import BANK_DTYPES, LAYER_TEXT_CHECKS, check_inputs, layer_inputs, queue_time_check, resolve_layers
+from .common import LAYER_TEXT_CHECKS, check_inputs, layer_inputs, queue_time_check, resolve_layers
 from .types import CATEGORY, PnPFeatures, PnPInversion, pnp_schema
 
 log = logging.getLogger("comfyui_pnp")
@@ -84,7 +84,7 @@ class PnPFeatureBank(io.ComfyNode):
         sites = resolve_layers(facts, resblock_layers, attention_layers)
         feature_steps, attention_steps = recorded_steps(inversion.steps, feature_injection, attention_injection)
         bank = sampling.record_bank(model, inversion, conditioning, sites, feature_steps, attention_steps,
-                                    BANK_DTYPES[bank_dtype], batch_size, mode, batch_memory)
+                                    STORAGE_DTYPES[bank_dtype], batch_size, mode, batch_memory)
         log.info("PnP feature bank: %s", bank.describe())
         return io.NodeOutput(bank, ui=ui.PreviewText(bank.summary()))
 
@@ -120,6 +120,6 @@ class PnPGenerateGuidance(io.ComfyNode):
         sites = resolve_layers(facts, resblock_layers, attention_layers)
         feature_steps, attention_steps = recorded_steps(steps, feature_injection, attention_injection)
         bank, image = sampling.generate_guidance(model, positive, negative, latent["samples"], seed, steps, cfg,
-                                                 sites, feature_steps, attention_steps, BANK_DTYPES[bank_dtype])
+                                                 sites, feature_steps, attention_steps, STORAGE_DTYPES[bank_dtype])
         log.info("PnP feature bank: %s", bank.describe())
         return io.NodeOutput(bank, {"samples": image}, ui=ui.PreviewText(bank.summary()))

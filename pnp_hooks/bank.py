@@ -35,7 +35,8 @@ SOURCE_CFG = ("uncond", "cond")
 # How a bank provides the source tensors: recorded beforehand, or computed per step while sampling.
 STORED, ON_THE_FLY = "stored", "on the fly"
 BANK_MODES = (STORED, ON_THE_FLY)
-_DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+# The storage precisions a bank is recorded in, by the name PnP Feature Bank offers (bank_dtype).
+STORAGE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,8 @@ class FeatureBank:
             held = (f"on the fly, {self.steps} steps, {self.sites.count} sites: nothing stored (PnP Sampler runs "
                     f"the source pass)")
         else:
-            dtype = _DTYPE_NAMES.get(self.storage_dtype, self.storage_dtype)
+            dtype = next((name for name, d in STORAGE_DTYPES.items() if d == self.storage_dtype),
+                         str(self.storage_dtype).removeprefix("torch."))
             held = (f"{self.feature_steps} + {self.attention_steps} of {self.steps} steps, {self.sites.count} sites, "
                     f"{self.nbytes / 1e6:.1f} MB {dtype}")
         _, height, width = self.trajectory.latent_shape

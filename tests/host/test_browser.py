@@ -223,5 +223,7 @@ def test_page_checks_see_a_missing_node_type_and_a_toast(frontend, tmp_path):
     assert frontend.unknown_node_types() == ["PnP_NoSuchNode"]
     assert frontend.dialogs(), "no dialog or error overlay for a missing node type"
     frontend.show_toast("PnP toast check")
-    frontend.page.wait_for_timeout(500)
+    deadline = time.monotonic() + 20  # the toast is drawn on a later frame: seconds with two suites side by side
+    while not any("PnP toast check" in text for text in frontend.dialogs()) and time.monotonic() < deadline:
+        frontend.page.wait_for_timeout(200)
     assert any("PnP toast check" in text for text in frontend.dialogs()), frontend.dialogs()

@@ -19,8 +19,9 @@ The server runs with sampling previews on (``--preview-method auto``, as most us
 after each run no node's box, title bar included, comes near another's (``workflow_specs.boxes_clash``), and PnP
 Feature Bank shows what its bank holds. Per frontend, also what makes the pack feel native: every PnP output is
 labelled with its name (not its type), every help page the frontend's "?" asks for is served, the nodes are found
-by the paper's name ("plug and play", "translation", ...) in the node search, and the template list is the
-numbered titles in their order. Last per frontend: the page checks do see a missing node type and a toast.
+by the paper's name ("plug and play", "translation", ...) in the node search, and Browse Templates shows the
+pack's workflows as numbered titles in their order, each card with its picture. Last per frontend: the page
+checks do see a missing node type and a toast.
 """
 from __future__ import annotations
 
@@ -163,6 +164,58 @@ def test_node_search_finds_the_pack_by_the_papers_name(frontend, frontend_build,
     page.keyboard.press("Escape")
     page.wait_for_timeout(300)
     assert any(line.startswith("PnP ") for line in found), (query, found)
+
+
+def test_template_browser_shows_the_pack_workflows_in_numbered_order(frontend, frontend_build):
+    """Browse Templates, the pack's category as locales/en/main.json names it: a card per shipped workflow, titled
+    by its file name, in numbered order (ComfyUI up to 0.33 lists them in the file system's order; the pack's
+    web/pnp_template_order.js sorts them), each with its thumbnail drawn."""
+    page = frontend.page
+    locale = json.loads((PACK_ROOT / "locales" / "en" / "main.json").read_text(encoding="utf-8"))
+    category = locale["templateWorkflows"]["category"][PACK_FOLDER]
+    stems = set(STEMS.values())
+    dialog_text = "() => [...document.querySelectorAll('.p-dialog, [role=dialog]')].map(d => d.innerText).join('\\n')"
+
+    def titles_shown() -> list[str]:
+        lines = [line.strip() for line in page.evaluate(dialog_text).splitlines()]
+        shown = [line for line in lines if line in stems]
+        return [title for i, title in enumerate(shown) if i == 0 or shown[i - 1] != title]  # 1.27.10: title, text
+
+    page.evaluate("() => app.graph.clear()")
+    page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.get_by_text(category, exact=True).first.click(timeout=30_000)
+    deadline = time.monotonic() + 30
+    while len(titles_shown()) < len(stems) and time.monotonic() < deadline:
+        page.wait_for_timeout(300)
+    titles = titles_shown()
+    screenshots = SCREENSHOTS / frontend_build.version
+    screenshots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshots / "templates.jpg"), type="jpeg", quality=80)
+    # each card's picture (an image whose smallest enclosing element names one template), drawn once at least:
+    # the frontends load a card's picture when it comes into view (scrolled to here, as a user does), and may
+    # drop it, or the whole card, when it leaves
+    thumbnails_js = """stems => { const drawn = {};
+        for (const image of document.querySelectorAll('.p-dialog img, [role=dialog] img')) {
+          if (image.src.startsWith('data:')) continue;
+          let card = image, title;
+          while (card && !(title = stems.find(s => card.innerText?.includes(s)))) card = card.parentElement;
+          if (title) drawn[title] = drawn[title] || (image.complete && image.naturalWidth > 0);
+        }
+        return drawn; }"""
+    page.mouse.move(browser.VIEWPORT["width"] // 2, browser.VIEWPORT["height"] // 2)
+    drawn = set()
+    deadline = time.monotonic() + 40
+    while drawn != stems and time.monotonic() < deadline:
+        page.wait_for_timeout(300)
+        drawn |= {title for title, ok in page.evaluate(thumbnails_js, sorted(stems)).items() if ok}
+        page.mouse.wheel(0, 150)
+    page.keyboard.press("Escape")
+    deadline = time.monotonic() + 20
+    while frontend.dialogs() and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+    assert not frontend.dialogs(), "the template browser did not close on Escape"
+    assert titles == sorted(stems), titles
+    assert drawn == stems, f"no picture drawn on the cards of {sorted(stems - drawn)}"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -58,10 +58,12 @@ def test_queued_translations_keep_memory_flat_and_give_identical_results(server,
     assert all(torch.equal(latent, latents[0]) for latent in latents)
     # The peak of each run (the checkpoint loaded, --cache-none reloads it per prompt): sampled after a run, RSS
     # is bimodal (the checkpoint still loaded or already collected by ComfyUI's 10 s gc timer); the peak is not.
-    # After two warm-up runs the peaks stay within 32 MiB of the third and the last four within 16 MiB: no run
-    # keeps a run's worth of memory (what the pack keeps of a run is checked object by object in
-    # test_hostile_input.py::test_nothing_of_a_run_stays_alive).
-    assert max(peaks[2:]) - peaks[2] < 32.0 and max(peaks[-4:]) - min(peaks[-4:]) < 16.0, peaks
+    # After two warm-up runs no peak is 32 MiB above the third, and the last four average no more than 16 MiB above
+    # runs 3-6: no run keeps a run's worth of memory, and a slow leak (4 MiB a run) would show; a peak lower than
+    # the others (seen: -38 MiB on a later run) is no leak. What the pack keeps of a run is checked object by
+    # object in test_hostile_input.py::test_nothing_of_a_run_stays_alive.
+    early, late = sum(peaks[2:6]) / 4, sum(peaks[-4:]) / 4
+    assert max(peaks[2:]) - peaks[2] < 32.0 and late - early < 16.0, peaks
 
 
 @pytest.mark.parametrize("node", ["inversion", "bank", "sampler"])

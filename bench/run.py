@@ -499,7 +499,7 @@ NOTES = """
   other people's test runs (CPU seconds are about half the wall seconds when they run). Runs are interleaved and
   the min over repeats is reported to damp their load; the median shows how noisy it was, and the CPU seconds
   are the steadier measure.
-- Batched recording gives the same bank up to fp32 GEMM rounding (tests/test_bank.py); PnP Feature Bank's
+- Batched recording gives the same bank up to fp32 GEMM rounding (tests/host/test_bank.py); PnP Feature Bank's
   batch_size defaults to 0 = auto (up to 16 timesteps a call while ComfyUI's memory estimate fits).
 - The full SD1.5 UNet at 512x512 is too heavy for 2 cores, so no bank at that size was recorded here: bank
   bytes were measured at the runs' sizes, checked against the formula, and the formula extrapolated. The SDXL

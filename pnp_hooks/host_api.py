@@ -2,7 +2,7 @@
 
 ``REQUIRED`` names every ComfyUI module attribute the pack uses and the
 methods it calls on ComfyUI objects (ModelPatcher, BaseModel, CFGGuider).
-``tests/test_host_api.py`` keeps it complete (every ``comfy...`` name in the
+``tests/host/test_host_api.py`` keeps it complete (every ``comfy...`` name in the
 pack's source is listed) and checks it on each host the suite runs on; see
 COMPATIBILITY.md for what differs between the supported versions.
 

@@ -1,6 +1,6 @@
 """Layer and step lists as users type them: the grammar, the bounds, the paper's defaults, bank sizes.
 
-Parse times of the worst strings are measured in bench/parse_time.py, not here.
+Parse times of the worst strings are measured in bench/robustness.py (figures in bench/ROBUSTNESS.md), not here.
 """
 from __future__ import annotations
 

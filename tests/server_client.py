@@ -74,7 +74,6 @@ def history(server, prompt_id: str, timeout: float = 60.0) -> dict:
     raise TimeoutError(f"no history entry for prompt {prompt_id} within {timeout:.0f} s")
 
 
-
 def reset_peak_rss(pid: int) -> None:
     """Start a new peak-RSS window for process ``pid`` (Linux: writing 5 to clear_refs resets VmHWM)."""
     with open(f"/proc/{pid}/clear_refs", "w") as refs:

@@ -13,7 +13,7 @@ if (listTemplates) {
     const templates = await listTemplates();
     const ours = templates?.[PACK_FOLDER];
     if (Array.isArray(ours)) {
-      templates[PACK_FOLDER] = [...ours].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+      templates[PACK_FOLDER] = [...ours].sort(); // by UTF-16 code units, as Python sorts ASCII names
     }
     return templates;
   };

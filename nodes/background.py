@@ -4,12 +4,12 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..pnp_hooks import background
-from .common import check_inputs, queue_time_check
+from .common import check_inputs
 from .types import INSPECT_CATEGORY, pnp_schema
 
 
 def _weaken_inputs() -> list:
-    """The node's inputs (also what ``check_inputs`` reads: validate_inputs must not touch the schema)."""
+    """The node's inputs (also what ``check_inputs`` reads)."""
     return [
         io.Image.Input("image", tooltip="The guidance image, before VAE Encode."),
         io.Mask.Input("mask", tooltip=(
@@ -46,10 +46,6 @@ class PnPWeakenBackground(io.ComfyNode):
                     "PnP Restore Brightness.")),
             ],
         )
-
-    @classmethod
-    def validate_inputs(cls, **values):
-        return queue_time_check(_weaken_inputs(), values)
 
     @classmethod
     def execute(cls, image, mask, factor, feather) -> io.NodeOutput:

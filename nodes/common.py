@@ -1,8 +1,13 @@
 """What the nodes share: the bank-recording inputs, and the checks of what a user typed.
 
-Checks that need no model run twice: at queue time (each node's
-``validate_inputs``, so a typo is refused before a minutes-long inversion) and
-when the node runs (a value may also arrive through a link).
+Three moments. At queue time ComfyUI checks every number, combo and link
+itself; a node's ``validate_inputs`` takes only the text inputs ComfyUI cannot
+read (layer strings, value lists, file names), because ComfyUI skips its own
+checks for the inputs a validator takes and reports a validator's failure on
+each of them. Before expensive upstream work a node with a lazy input
+(``check_lazy_status``) checks what it can without it: numbers (NaN passes
+ComfyUI's min/max), the model and the layers it has. When the node runs every
+check runs again (a value may also arrive through a link).
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from comfy_api.v0_0_2 import io
 
 from ..pnp_hooks.bank import STORAGE_DTYPES
 from ..pnp_hooks.errors import PnPInputError, require_finite
+from ..pnp_hooks.indices import excerpt
 from ..pnp_hooks.layers import DEFAULTS, LayerSites, check_spec, resolve_sites
 from ..pnp_hooks.patcher import ModelFacts
 
@@ -52,24 +58,31 @@ LAYER_TEXT_CHECKS: dict[str, Callable[[str], None]] = {
 
 
 def check_inputs(inputs: list, values: dict, text_checks: dict[str, Callable] | None = None) -> None:
-    """Every Float input of ``inputs`` (a node's declared inputs) finite and within its declared range; each
-    text input its check accepts. ``values``: the inputs by name (linked ones may be missing or None at
-    queue time). The declared inputs come from the node module, not its schema: ComfyUI runs validate_inputs
-    on a locked copy of the class, whose schema cannot be built."""
+    """Every Float input of ``inputs`` (a node's declared inputs) finite and within its declared range, every
+    Combo input one of its options (ComfyUI 0.3.64 checks no V3 combo at queue time), each text input its check
+    accepts. ``values``: the inputs by name (linked ones may be missing or None). The declared inputs come from
+    the node module, not its schema: ComfyUI calls check_lazy_status on a locked copy of the class, whose schema
+    cannot be built."""
     for item in inputs:
         value = values.get(item.id)
         if value is None:
             continue
         if isinstance(item, io.Float.Input):
             require_finite(item.id, value, item.min, item.max)
+        elif isinstance(item, io.Combo.Input) and value not in item.options:
+            raise PnPInputError(f"{item.id} must be one of {', '.join(map(str, item.options))}; got "
+                                f"{excerpt(value)}.")
         elif text_checks and item.id in text_checks:
             text_checks[item.id](value)
 
 
-def queue_time_check(inputs: list, values: dict, text_checks: dict[str, Callable] | None = None):
-    """``check_inputs`` as ComfyUI's validate_inputs wants it: True, or the message."""
+def queue_time_check(text_checks: dict[str, Callable[[str], None]], **texts: str | None) -> bool | str:
+    """The text inputs a validate_inputs takes, each read by its check: True, or the message as ComfyUI wants
+    it. A linked (None) text is checked when the node runs."""
     try:
-        check_inputs(inputs, values, text_checks)
+        for name, text in texts.items():
+            if text is not None:
+                text_checks[name](text)
     except PnPInputError as exc:
         return str(exc)
     return True

@@ -16,10 +16,11 @@ log = logging.getLogger("comfyui_pnp")
 
 
 def _bank_inputs() -> list:
-    """The node's inputs (also what ``check_inputs`` reads: validate_inputs must not touch the schema)."""
+    """The node's inputs (also what ``check_inputs`` reads: check_lazy_status must not touch the schema)."""
     return [
         io.Model.Input("model", tooltip="The same model as the inversion."),
-        PnPInversion.Input("inversion", tooltip="From PnP DDIM Inversion."),
+        PnPInversion.Input("inversion", lazy=True, tooltip=(
+            "From PnP DDIM Inversion. Asked for only after the layers are checked against the model.")),
         io.Conditioning.Input("conditioning", tooltip="Source-branch prompt. The paper uses \"\"."),
         *layer_inputs(),
         io.Int.Input("batch_size", default=0, min=0, max=64, tooltip=(
@@ -39,7 +40,7 @@ def _bank_inputs() -> list:
 
 
 def _guidance_inputs() -> list:
-    """The node's inputs (also what ``check_inputs`` reads: validate_inputs must not touch the schema)."""
+    """The node's inputs (also what ``check_inputs`` reads)."""
     return [
         io.Model.Input("model", tooltip="The model used by every PnP node of this graph."),
         io.Conditioning.Input("positive", tooltip="The guidance image's prompt (the source prompt)."),
@@ -72,8 +73,19 @@ class PnPFeatureBank(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **values):
-        return queue_time_check(_bank_inputs(), values, LAYER_TEXT_CHECKS)
+    def validate_inputs(cls, resblock_layers=None, attention_layers=None):
+        return queue_time_check(LAYER_TEXT_CHECKS, resblock_layers=resblock_layers,
+                                attention_layers=attention_layers)
+
+    @classmethod
+    def check_lazy_status(cls, inversion=None, **inputs) -> list[str]:
+        """Before the inversion runs: the numbers, the model and the layers it has (a layer the model lacks is
+        refused in seconds, not after minutes of inversion)."""
+        if inversion is not None:
+            return []
+        check_inputs(_bank_inputs(), inputs, LAYER_TEXT_CHECKS)
+        resolve_layers(patcher.model_facts(inputs["model"]), inputs["resblock_layers"], inputs["attention_layers"])
+        return ["inversion"]
 
     @classmethod
     def execute(cls, model, inversion, conditioning, resblock_layers, attention_layers, feature_injection,
@@ -109,8 +121,9 @@ class PnPGenerateGuidance(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **values):
-        return queue_time_check(_guidance_inputs(), values, LAYER_TEXT_CHECKS)
+    def validate_inputs(cls, resblock_layers=None, attention_layers=None):
+        return queue_time_check(LAYER_TEXT_CHECKS, resblock_layers=resblock_layers,
+                                attention_layers=attention_layers)
 
     @classmethod
     def execute(cls, model, positive, negative, latent, seed, steps, cfg, resblock_layers, attention_layers,

@@ -101,14 +101,14 @@ VALUE_LISTS = {
 
 
 def _sweep_inputs() -> list:
-    """The node's inputs (also what ``check_inputs`` reads: validate_inputs must not touch the schema)."""
+    """The node's inputs (also what ``check_inputs`` reads: check_lazy_status must not touch the schema)."""
     return [
         io.Model.Input("model", tooltip="The same model the bank was recorded with."),
         io.Conditioning.Input("positive", tooltip="The target prompt, as for PnP Sampler."),
         io.Conditioning.Input("negative", tooltip="The unconditional branch, as for PnP Sampler."),
-        PnPFeatures.Input("features", tooltip=(
+        PnPFeatures.Input("features", lazy=True, tooltip=(
             "From PnP Feature Bank: its feature_injection / attention_injection must be at least the largest "
-            "values swept.")),
+            "values swept. Asked for only after the value lists and cfg are checked.")),
         io.Vae.Input("vae", tooltip="Decodes each cell for the grid and the scores."),
         io.Image.Input("guidance", tooltip="The guidance image (what the structure distance compares with)."),
         io.ClipVision.Input("structure_model", tooltip="DINOv2 from Load CLIP Vision, as for PnP Structure Score."),
@@ -162,8 +162,19 @@ class PnPThresholdSweep(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **values):
-        return queue_time_check(_sweep_inputs(), values, _value_checks())
+    def validate_inputs(cls, feature_injection_values=None, attention_injection_values=None,
+                        injection_strength_values=None):
+        return queue_time_check(_value_checks(), feature_injection_values=feature_injection_values,
+                                attention_injection_values=attention_injection_values,
+                                injection_strength_values=injection_strength_values)
+
+    @classmethod
+    def check_lazy_status(cls, features=None, **inputs) -> list[str]:
+        """Before the bank is made: the value lists and cfg (NaN passes ComfyUI's own min/max checks)."""
+        if features is not None:
+            return []
+        check_inputs(_sweep_inputs(), inputs, _value_checks())
+        return ["features"]
 
     @classmethod
     def execute(cls, model, positive, negative, features, vae, guidance, structure_model, text_model,

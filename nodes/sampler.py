@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from ..pnp_hooks import sampling
+from ..pnp_hooks import patcher, sampling
 from ..pnp_hooks.bank import check_steps
-from ..pnp_hooks.masks import injection_weight_map
+from ..pnp_hooks.masks import check_mask_form, injection_weight_map
 from ..pnp_hooks.schedule import NEGATIVE_SCHEDULES, THRESHOLD_CONVENTIONS, InjectionPlan, negative_prompt_alphas
-from .common import check_inputs, queue_time_check
+from .common import check_inputs
 from .types import CATEGORY, PnPFeatures, pnp_schema
 
 
@@ -21,7 +21,9 @@ def _head_inputs() -> list:
         io.Conditioning.Input("positive", tooltip="The target prompt (ControlNet may be applied to it)."),
         io.Conditioning.Input("negative", tooltip=(
             "The unconditional branch. pnp-diffusers uses \"ugly, blurry, black, low res, unrealistic\".")),
-        PnPFeatures.Input("features", tooltip="From PnP Feature Bank or PnP Generate Guidance."),
+        PnPFeatures.Input("features", lazy=True, tooltip=(
+            "From PnP Feature Bank or PnP Generate Guidance. Asked for only after the numbers, the mask and the "
+            "model are checked.")),
         io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=(
             "Classifier-free guidance scale. pnp-diffusers: 7.5; the original's real-image config: 10.")),
         io.Float.Input("feature_injection", default=0.8, min=0.0, max=1.0, step=0.01, tooltip=(
@@ -66,7 +68,7 @@ def _option_inputs() -> list:
 
 
 def _sampler_inputs() -> list:
-    """The node's inputs (also what ``check_inputs`` reads: validate_inputs must not touch the schema)."""
+    """The node's inputs (also what ``check_inputs`` reads: check_lazy_status must not touch the schema)."""
     return [
         *_head_inputs(),
         io.Int.Input("steps", default=0, min=0, max=1000, tooltip=(
@@ -87,8 +89,18 @@ def _sampler_inputs() -> list:
 
 
 def _guider_inputs() -> list:
-    """The node's inputs (also what ``check_inputs`` reads: validate_inputs must not touch the schema)."""
+    """The node's inputs (also what ``check_inputs`` reads: check_lazy_status must not touch the schema)."""
     return [*_head_inputs(), _convention_input(), *_option_inputs()]
+
+
+def _check_before_the_bank(inputs: list, values: dict) -> list[str]:
+    """What PnP Sampler and PnP Guider check before their (lazy) bank is made: the numbers (NaN passes ComfyUI's
+    own min/max checks), the mask's form and the model. Returns the input to ask for next."""
+    check_inputs(inputs, values)
+    patcher.model_facts(values["model"])
+    if values.get("mask") is not None:
+        check_mask_form(values["mask"])
+    return ["features"]
 
 
 def _guidance(features, positive, negative, cfg, feature_injection, attention_injection, threshold_convention,
@@ -124,8 +136,8 @@ class PnPSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **values):
-        return queue_time_check(_sampler_inputs(), values)
+    def check_lazy_status(cls, features=None, **inputs) -> list[str]:
+        return [] if features is not None else _check_before_the_bank(_sampler_inputs(), inputs)
 
     @classmethod
     def execute(cls, model, positive, negative, features, cfg, feature_injection, attention_injection, steps,
@@ -166,8 +178,8 @@ class PnPGuider(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **values):
-        return queue_time_check(_guider_inputs(), values)
+    def check_lazy_status(cls, features=None, **inputs) -> list[str]:
+        return [] if features is not None else _check_before_the_bank(_guider_inputs(), inputs)
 
     @classmethod
     def execute(cls, model, positive, negative, features, cfg, feature_injection, attention_injection,

@@ -5,6 +5,7 @@ from comfy_api.v0_0_2 import io
 
 from ..pnp_hooks import probe, visualize
 from ..pnp_hooks.errors import PnPInputError
+from ..pnp_hooks.indices import excerpt
 from ..pnp_hooks.layers import parse_site
 from .types import INSPECT_CATEGORY, PnPFeatures, pnp_schema
 
@@ -76,7 +77,10 @@ class PnPFeaturePCA(io.ComfyNode):
 
 
 def check_view_text(view: str | None, layer: str | None, steps: str | None) -> None:
-    """The layer and steps texts read (no bank needed); a linked (None) input is checked when the node runs."""
+    """The layer and steps texts read (no bank needed); a linked (None) input is checked when the node runs.
+    ``view`` is taken too (how layer reads depends on it), so ComfyUI leaves its combo check to this."""
+    if view is not None and view not in probe.VIEW_KINDS:
+        raise PnPInputError(f"view must be one of {', '.join(probe.VIEW_KINDS)}; got {excerpt(view)}.")
     if layer is not None and layer.strip().lower() != "auto":
         parse_site(layer, attention=view != "resblock")
     if steps is not None:

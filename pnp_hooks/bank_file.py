@@ -41,7 +41,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .bank import BANK_MODES, ON_THE_FLY, SOURCE_CFG, SOURCE_SINGLE, STORED, FeatureBank, ModelIdentity, Trajectory
-from .errors import PnPInputError
+from .errors import PnPInputError, named_for_users
 from .indices import excerpt
 from .layers import LayerSites, UNetLayout, bank_shapes
 from .live_source import LiveSource
@@ -70,6 +70,7 @@ _FRAMING_PROBLEMS = (
 )
 
 
+@named_for_users
 class BankFileError(PnPInputError):
     """A bank file that cannot be used; nothing was loaded."""
 

@@ -1,7 +1,18 @@
 """The one error type the pack raises for input a user can fix, and the number check every node uses."""
 from __future__ import annotations
 
+# The module name ComfyUI shows with an error's type ("comfyui_pnp.PnPInputError"). ComfyUI imports a custom
+# node pack under its folder's path, so without it the frontend would show a server path in the type.
+ERROR_MODULE = "comfyui_pnp"
 
+
+def named_for_users(error_type: type) -> type:
+    """``error_type`` with the stable module name ComfyUI prints in front of it."""
+    error_type.__module__ = ERROR_MODULE
+    return error_type
+
+
+@named_for_users
 class PnPInputError(ValueError):
     """Bad or mismatched input; the message says what to connect or change."""
 

@@ -19,12 +19,8 @@ from .errors import PnPInputError
 VAE_SCALE = 8
 
 
-def injection_weight_map(mask: torch.Tensor, latent_shape: tuple[int, ...], outside: float,
-                         frames: int = 1) -> torch.Tensor:
-    """Check ``mask`` against the bank's latent (C, h, w) and ``frames`` guidance images and return the weight
-    map (1 or frames, H, W), float32."""
-    h, w = latent_shape[-2:]
-    image_hw = (h * VAE_SCALE, w * VAE_SCALE)
+def check_mask_form(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` as (B, H, W) if it is a MASK of finite values: what can be checked before the bank exists."""
     if mask.ndim == 2:
         mask = mask.unsqueeze(0)
     if mask.ndim != 3:
@@ -32,6 +28,18 @@ def injection_weight_map(mask: torch.Tensor, latent_shape: tuple[int, ...], outs
             f"The mask has shape {list(mask.shape)}; a MASK is (batch, height, width). Connect a MASK output "
             f"(Load Image's MASK, Load Image (as Mask), a SAM/segmentation node)."
         )
+    if not torch.isfinite(mask).all():
+        raise PnPInputError("The mask contains NaN or infinite values; connect a mask with values in [0, 1].")
+    return mask
+
+
+def injection_weight_map(mask: torch.Tensor, latent_shape: tuple[int, ...], outside: float,
+                         frames: int = 1) -> torch.Tensor:
+    """Check ``mask`` against the bank's latent (C, h, w) and ``frames`` guidance images and return the weight
+    map (1 or frames, H, W), float32."""
+    h, w = latent_shape[-2:]
+    image_hw = (h * VAE_SCALE, w * VAE_SCALE)
+    mask = check_mask_form(mask)
     if mask.shape[0] not in (1, frames):
         per_frame = f" or one per frame ({frames})" if frames > 1 else ""
         raise PnPInputError(
@@ -47,8 +55,6 @@ def injection_weight_map(mask: torch.Tensor, latent_shape: tuple[int, ...], outs
             f"Convert Mask to Image -> Upscale Image to {image_hw[1]}x{image_hw[0]} -> Convert Image to Mask."
         )
     mask = mask.detach().float().cpu()
-    if not torch.isfinite(mask).all():
-        raise PnPInputError("The mask contains NaN or infinite values; connect a mask with values in [0, 1].")
     if not 0.0 <= outside <= 1.0:
         raise PnPInputError(f"outside_mask_strength must be in [0, 1], got {outside}.")
     mask = mask.clamp(0.0, 1.0)

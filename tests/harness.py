@@ -108,6 +108,11 @@ class NodeRef:
         return Link([self.node_id, output])
 
 
+def executed_nodes(result) -> list[str]:
+    """The node ids a run through ComfyUI's executor started (its "executing" messages), in order."""
+    return [data["node"] for event, data in result.messages if event == "executing" and data.get("node")]
+
+
 def translation_prompt(ckpt: str, image: str | None = None, target: str = TARGET, steps: int = 8,
                        output: str = "SaveImage", size: int = 64, **inputs) -> tuple[Prompt, dict[str, NodeRef]]:
     """The basic PnP graph as an API prompt: Load Checkpoint, the empty and the target prompt, Load Image (or

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from comfy_host import new_executor, run_prompt, validate
-from harness import Translation, UNetRows, run_node, translation_prompt
+from harness import Translation, UNetRows, executed_nodes, run_node, translation_prompt
 
 NAN = math.nan
 STEPS = 6
@@ -34,13 +34,9 @@ def _errors(node_errors: dict, node_id: str) -> str:
     ("bank", {"attention_layers": "0-99999999"}, "up to 4 digits"),
     ("bank", {"resblock_layers": "4:0"}, "no transformer index"),
     ("bank", {"attention_layers": "x" * 10000}, "Cannot read attention_layers"),
-    ("bank", {"feature_injection": NAN}, "feature_injection is nan"),
-    ("sampler", {"injection_strength": NAN}, "injection_strength is nan"),
-    ("sampler", {"cfg": math.inf}, "cfg is inf"),
-    ("sampler", {"outside_mask_strength": NAN}, "outside_mask_strength is nan"),
-    ("sampler", {"negative_alpha": NAN}, "negative_alpha is nan"),
+    ("sampler", {"cfg": math.inf}, "bigger than max"),  # ComfyUI's own check: the sampler takes no validator
 ])
-def test_a_typo_or_a_non_finite_number_is_refused_at_queue_time(models, node, inputs, message):
+def test_a_typo_or_an_infinite_number_is_refused_at_queue_time(models, node, inputs, message):
     """Nothing runs: ComfyUI's validation refuses the prompt before the minutes-long inversion."""
     prompt, refs = translation_prompt(models.checkpoint("sd15_reduced"), steps=STEPS, output="SaveLatent",
                                       **{node: inputs})
@@ -49,6 +45,24 @@ def test_a_typo_or_a_non_finite_number_is_refused_at_queue_time(models, node, in
     text = _errors(node_errors, refs[node].node_id)
     assert message in text, text
     assert len(text) < 4000  # an absurd string is quoted as a short excerpt, not echoed back
+
+
+@pytest.mark.parametrize("node, inputs, message", [
+    ("bank", {"feature_injection": NAN}, "feature_injection is nan"),
+    ("sampler", {"injection_strength": NAN}, "injection_strength is nan"),
+    ("sampler", {"outside_mask_strength": NAN}, "outside_mask_strength is nan"),
+    ("sampler", {"negative_alpha": NAN}, "negative_alpha is nan"),
+])
+def test_a_nan_is_refused_before_the_inversion_runs(models, node, inputs, message):
+    """NaN passes ComfyUI's min/max checks (JSON prompts can carry it); the node whose lazy input leads to the
+    inversion refuses it before asking for that input, so PnP DDIM Inversion never runs."""
+    prompt, refs = translation_prompt(models.checkpoint("sd15_reduced"), steps=STEPS, output="SaveLatent",
+                                      **{node: inputs})
+    result = run_prompt(prompt.api)
+    assert not result.success
+    error = result.error()
+    assert error["node_id"] == refs[node].node_id and message in error["exception_message"], error
+    assert refs["inversion"].node_id not in executed_nodes(result)
 
 
 def test_the_same_checks_refuse_values_that_arrive_through_a_link(pnp):

@@ -18,7 +18,7 @@ README_MAX_LINES = 250
 
 
 def doc_files() -> list[Path]:
-    files = [ROOT / "README.md", ROOT / "tests" / "README.md"]
+    files = [ROOT / "README.md", ROOT / "COMPATIBILITY.md", ROOT / "tests" / "README.md"]
     for folder in ("docs", "web/docs", "bench"):
         files += sorted((ROOT / folder).glob("*.md"))
     return [f for f in files if f.is_file()]

@@ -429,7 +429,7 @@ def custom_sampler() -> dict:
                        "the bank's own sigmas below the thresholds inject (dpmpp_2m, euler_ancestral: every "
                        "injecting step once; heun: also its corrector, with the next step's tensors; dpm_2's "
                        "midpoints: nothing). SplitSigmas can hand the steps after injection to another guider. "
-                       "See the README, *PnP in SamplerCustomAdvanced*.\n\n" + _HOW_TO_INPUT))
+                       "See docs/guide.md in the pack, *PnP in SamplerCustomAdvanced*.\n\n" + _HOW_TO_INPUT))
     return _spec("pnp_custom_sampler", 11, "PnP in SamplerCustomAdvanced",
                  "PnP Guider and the bank's sigmas for the custom sampling nodes.", nodes, links)
 

@@ -11,7 +11,8 @@ from .pnp_hooks.host_api import host_problem
 
 _HOST_PROBLEM = host_problem()
 # Served by ComfyUI at /extensions/<this folder's name>/: the nodes' help pages (docs/<node id>.md, what the
-# frontend's "?" opens) and the frontend extension that shows on the bank nodes what a bank holds.
+# frontend's help opens: the node library's "?", Node Info) and the frontend extension that shows on the bank
+# nodes what a bank holds.
 WEB_DIRECTORY = "./web"
 
 if _HOST_PROBLEM:

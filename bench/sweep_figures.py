@@ -1,4 +1,5 @@
-"""The README's sweep grid and trade-off plot, on random weights (the only models this repository can run).
+"""The sweep grid and trade-off plot of docs/choosing-thresholds.md, on random weights (the only models this
+repository can run).
 
 PnP Threshold Sweep on the random SD 2.x checkpoint (its CLIP's projected pooled prompt is the joint space of the
 random CLIP ViT-H/14 that scores text; tests/checkpoints.py, tests/vision_models.py), the shipped guidance image

@@ -17,7 +17,7 @@ log = logging.getLogger("comfyui_pnp")
 
 BANK_FOLDER = "pnp_banks"
 # The dropdown's only entry while no bank is saved (an empty list shows "undefined" in the frontend).
-NO_BANK_YET = "no bank saved yet: see this node's help (?)"
+NO_BANK_YET = "no bank saved yet: see this node's help page"
 NO_BANK_YET_MESSAGE = (
     "No feature bank is saved in models/pnp_banks yet. Make one: connect PnP Feature Bank (or PnP Generate "
     "Guidance) to PnP Save Feature Bank and run the graph once, then refresh (R) and pick the file here.")

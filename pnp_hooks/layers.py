@@ -23,7 +23,7 @@ from .errors import PnPInputError
 # The paper's choice for the SD 1.x/2.x UNet (12 decoder blocks).
 SD_DEFAULT_RESBLOCKS = "4"
 SD_DEFAULT_ATTENTION = "4-11"
-# SDXL (9 decoder blocks; transformers only in blocks 0-5): see README "Choosing layers".
+# SDXL (9 decoder blocks; transformers only in blocks 0-5): see docs/choosing-layers.md.
 SDXL_DEFAULT_RESBLOCKS = "1"
 SDXL_DEFAULT_ATTENTION = "1-5:0"
 

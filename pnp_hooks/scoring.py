@@ -105,7 +105,7 @@ def text_embedding(conditioning) -> torch.Tensor:
             "This prompt's pooled embedding is 768 wide: ComfyUI's CLIP-L text encoders (SD 1.x checkpoints, "
             "Flux) give it before CLIP's text projection, so it is not in any CLIP joint space. Encode the prompt "
             "with a text encoder ComfyUI projects and its vision model: SDXL's CLIP (or clip_g via Load CLIP) "
-            "with clip_vision_g, or SD 2.x's with clip_vision_h (see README, Choosing thresholds by measurement).")
+            "with clip_vision_g, or SD 2.x's with clip_vision_h (see docs/choosing-thresholds.md).")
     return pooled
 
 

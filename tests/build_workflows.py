@@ -9,9 +9,9 @@ the real server (previews on, as most users run it) and frontend, builds each
 spec of ``workflow_specs`` in the page, lays it out (``workflow_specs.settle``),
 saves what the frontend serialises under the spec's file name
 (``workflow_specs.file_stems``), re-opens the saved file through the UI, runs it
-small, screenshots the result (workflows/screenshots/<name>.jpg, for the README)
+small, screenshots the result (workflows/screenshots/<name>.jpg, for docs/workflows.md)
 and draws the template card (``template_cards``). Saved by the oldest frontend
-(1.27.10), the files open unchanged in the newer ones (README, Workflows); the
+(1.27.10), the files open unchanged in the newer ones (docs/workflows.md, Format); the
 API twins leave out the input 1.27.10 adds that no node declares
 (``browser.UNDECLARED_INPUTS``).
 """

@@ -14,7 +14,7 @@ description the name with "-" and "_" as spaces, its picture the same-name
 on Windows, directory order on 0.3.64 and 0.33 elsewhere). So a spec's file
 name is the spec's two-digit ``order`` and ``title`` (``file_stems``); the .jpg
 is a card with the title and the one-line ``description``. The spec's short
-``name`` (e.g. ``pnp_real_image``) stays its stable id for tests, the README and
+``name`` (e.g. ``pnp_real_image``) stays its stable id for tests, the docs and
 ``workflows/run.py`` examples; every spec needs ``order``, ``title`` and
 ``description`` (``_spec``), the orders distinct.
 
@@ -85,7 +85,7 @@ _KNOBS = (
 
 
 def _spec(name: str, order: int, title: str, description: str, nodes: list, links: list) -> dict:
-    """A workflow spec: ``name`` is its stable id (tests, README, ``workflows/run.py`` examples); ``order``,
+    """A workflow spec: ``name`` is its stable id (tests, docs, ``workflows/run.py`` examples); ``order``,
     ``title`` and ``description`` make its template file name and card."""
     return {"name": name, "order": order, "title": title, "description": description, "nodes": nodes,
             "links": links}
@@ -429,7 +429,7 @@ def custom_sampler() -> dict:
                        "the bank's own sigmas below the thresholds inject (dpmpp_2m, euler_ancestral: every "
                        "injecting step once; heun: also its corrector, with the next step's tensors; dpm_2's "
                        "midpoints: nothing). SplitSigmas can hand the steps after injection to another guider. "
-                       "See the README, *PnP in SamplerCustomAdvanced*.\n\n" + _HOW_TO_INPUT))
+                       "See docs/guide.md in the pack, *PnP in SamplerCustomAdvanced*.\n\n" + _HOW_TO_INPUT))
     return _spec("pnp_custom_sampler", 11, "PnP in SamplerCustomAdvanced",
                  "PnP Guider and the bank's sigmas for the custom sampling nodes.", nodes, links)
 

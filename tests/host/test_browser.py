@@ -18,7 +18,7 @@ are kept in $PNP_SCREENSHOTS/<frontend version> (default .test-artifacts/screens
 The server runs with sampling previews on (``--preview-method auto``, as most users run it) and no cache:
 after each run no node's box, title bar included, comes near another's (``workflow_specs.boxes_clash``), and PnP
 Feature Bank shows what its bank holds. Per frontend, also what makes the pack feel native: every PnP output is
-labelled with its name (not its type), every help page the frontend's "?" asks for is served, the nodes are found
+labelled with its name (not its type), every help page the frontend asks for is served, the nodes are found
 by the paper's name ("plug and play", "translation", ...) in the node search, and Browse Templates shows the
 pack's workflows as numbered titles in their order, each card with its picture. Last per frontend: the page
 checks do see a missing node type and a toast.

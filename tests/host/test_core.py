@@ -279,7 +279,8 @@ def test_unsupported_model_is_refused_with_what_is_supported(host, sd15, in_chan
 
 
 def test_official_inversion_differs_from_flipsigmas_euler(host, sd15):
-    """ComfyUI users' usual inversion (FlipSigmas + Euler on ddim_uniform) is not the official one (README)."""
+    """ComfyUI users' usual inversion (FlipSigmas + Euler on ddim_uniform) is not the official one
+    (docs/how-it-works.md)."""
     import comfy.samplers
     import comfy_extras.nodes_custom_sampler as custom
 

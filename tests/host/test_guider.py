@@ -2,7 +2,7 @@
 
 ddim (KSamplerSelect) on the guider's SIGMAS from its x_T with DisableNoise equals PnP Sampler with
 final_step "comfyui" bit for bit, in both bank modes and through ComfyUI's executor. Other samplers run;
-which of their model evaluations inject follows from the sigmas they evaluate at (README, PnP in
+which of their model evaluations inject follows from the sigmas they evaluate at (docs/guide.md, PnP in
 SamplerCustomAdvanced): only the bank's own sigmas below the thresholds.
 """
 from __future__ import annotations

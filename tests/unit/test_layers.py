@@ -113,7 +113,7 @@ def test_site_shapes_and_the_bank_size_formula_at_real_sizes():
     # ResBlock 4: 41 steps x 1280 x 16 x 16; attention per step: blocks 4-5 at 16x16 (1280 channels),
     # 6-8 at 32x32 (640), 9-11 at 64x64 (320) = 6,553,600 elements, for 26 steps.
     assert nbytes == (41 * 1280 * 256 + 26 * (2 * 256 * 1280 + 3 * 1024 * 640 + 3 * 4096 * 320)) * 2
-    assert nbytes == 367_656_960  # 367.7 MB, 350.6 MiB (README)
+    assert nbytes == 367_656_960  # 367.7 MB, 350.6 MiB (docs/choosing-layers.md)
     xl = layers.resolve_sites(*layers.DEFAULTS["SDXL"], SDXL)
     assert layers.bank_nbytes(SDXL, xl, (128, 128), 41, 26, 1, 2) / 2 ** 20 == pytest.approx(622.5, abs=0.05)
     # Odd latent sizes: each downsampling rounds up, as the UNet's stride-2 convolutions do.

@@ -10,8 +10,8 @@ import json
 import pytest
 import torch
 
-from comfy_host import validate
-from harness import Translation, UNetRows, guidance_pixels, run_node, translation_prompt
+from comfy_host import run_prompt, validate
+from harness import Translation, UNetRows, executed_nodes, guidance_pixels, run_node, translation_prompt
 
 STEPS = 4
 FEATURES, ATTENTION, STRENGTHS = (0.4, 0.8), (0.5,), (1.0, 0.5)
@@ -75,14 +75,7 @@ def test_sweep_refuses_what_cannot_be_sampled_or_scored_before_sampling(host, tr
     assert unet.rows == []
 
 
-@pytest.mark.parametrize("inputs, message", [
-    ({"feature_injection_values": "0.4, high"}, "not a number"),
-    ({"injection_strength_values": "2"}, "between 0.0 and 1.0"),
-    ({"attention_injection_values": ""}, "is empty"),
-    ({"cfg": float("nan")}, "cfg is nan"),
-])
-def test_sweep_value_lists_are_checked_at_queue_time(models, vision_models, inputs, message):
-    """ComfyUI's validation refuses the prompt before the inversion runs."""
+def _sweep_prompt(models, vision_models, inputs):
     prompt, refs = translation_prompt(models.checkpoint("sd2_reduced"), steps=STEPS, output="SaveLatent")
     vit = prompt.add("CLIPVisionLoader", clip_name=vision_models["clip_vision_h"])
     guidance = prompt.add("EmptyImage", width=64, height=64, batch_size=1)
@@ -91,7 +84,27 @@ def test_sweep_value_lists_are_checked_at_queue_time(models, vision_models, inpu
                             guidance=guidance[0], structure_model=vit[0], text_model=vit[0], **inputs)
     prompt.add("PreviewAny", source=sweep_node[2])
     del prompt.api[refs["output"].node_id]  # the sweep's table is the prompt's only output
+    return prompt, refs, sweep_node
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ({"feature_injection_values": "0.4, high"}, "not a number"),
+    ({"injection_strength_values": "2"}, "between 0.0 and 1.0"),
+    ({"attention_injection_values": ""}, "is empty"),
+])
+def test_sweep_value_lists_are_checked_at_queue_time(models, vision_models, inputs, message):
+    """ComfyUI's validation refuses the prompt before the inversion runs."""
+    prompt, refs, sweep_node = _sweep_prompt(models, vision_models, inputs)
     valid, _, _, node_errors = validate(prompt.api)
     assert not valid
     text = json.dumps(node_errors.get(sweep_node.node_id, {}).get("errors", []))
     assert message in text, text
+
+
+def test_a_nan_cfg_is_refused_before_the_inversion_runs(models, vision_models):
+    """NaN passes ComfyUI's min/max check; the sweep's bank input is lazy, so the sweep refuses it first."""
+    prompt, refs, sweep_node = _sweep_prompt(models, vision_models, {"cfg": float("nan")})
+    result = run_prompt(prompt.api)
+    error = result.error()
+    assert error["node_id"] == sweep_node.node_id and "cfg is nan" in error["exception_message"], error
+    assert refs["inversion"].node_id not in executed_nodes(result)

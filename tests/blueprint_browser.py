@@ -114,15 +114,21 @@ def body_point(page, node_id: int) -> tuple[float, float]:
 # loader, a mask loader where the blueprint takes a mask, and Save Image on its output. Returns their ids.
 WIRE_JS = """({id, ckpt, image, mask}) => {
   const bp = app.graph.getNodeById(id);
-  const add = (type, dx, dy, values) => { const n = LiteGraph.createNode(type); n.pos = [bp.pos[0] + dx, bp.pos[1] + dy];
+  const add = (type, dx, dy, values) => {
+    const n = LiteGraph.createNode(type);
+    n.pos = [bp.pos[0] + dx, bp.pos[1] + dy];
     app.graph.add(n);
-    for (const [k, v] of Object.entries(values)) { const w = n.widgets.find(w => w.name === k); w.value = v; w.callback?.(v); }
+    for (const [k, v] of Object.entries(values)) {
+      const w = n.widgets.find(w => w.name === k); w.value = v; w.callback?.(v);
+    }
     return n; };
   const slot = name => { const i = bp.inputs.findIndex(s => s.name === name);
     if (i < 0) throw new Error(`the blueprint has no input ${name}`); return i; };
   const ckpt_node = add('CheckpointLoaderSimple', -450, 0, {ckpt_name: ckpt});
   const image_node = add('LoadImage', -450, 180, {image});
-  ckpt_node.connect(0, bp, slot('model')); ckpt_node.connect(1, bp, slot('clip')); ckpt_node.connect(2, bp, slot('vae'));
+  ckpt_node.connect(0, bp, slot('model'));
+  ckpt_node.connect(1, bp, slot('clip'));
+  ckpt_node.connect(2, bp, slot('vae'));
   image_node.connect(0, bp, slot('image'));
   const ids = {checkpoint: ckpt_node.id, image: image_node.id};
   if (bp.inputs.some(s => s.name === 'mask')) {
@@ -142,7 +148,8 @@ def blueprint_node(page, node_id: int) -> dict:
     return page.evaluate(
         """id => { const n = app.graph.getNodeById(id);
              return {type: n.type, title: n.title, is_subgraph: !!n.isSubgraphNode?.(),
-                     inputs: n.inputs.map(i => i.name), widgets: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value])),
+                     inputs: n.inputs.map(i => i.name),
+                     widgets: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value])),
                      inner: n.subgraph ? n.subgraph.nodes.map(m => m.type) : []}; }""", node_id)
 
 

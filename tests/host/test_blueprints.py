@@ -19,8 +19,10 @@ Inversion, PnP Feature Bank and PnP Sampler inside. Screenshots go to $PNP_SCREE
 
 On hosts without blueprint support (ComfyUI 0.3.64, frontend 1.27.10) these browser tests do not exist (not
 skipped): instead the pack must load as before with subgraphs/ present: the server starts, every PnP node
-registers, ``/global_subgraphs`` is not served, the server log has no error or traceback, and the frontend
-loads the pack's nodes without a page error.
+registers (server and frontend), ``/global_subgraphs`` is not served, no page error or server log error names
+the pack or blueprints, and all of this is exactly what the same host shows for the pack without subgraphs/
+(frontend 1.27.10 raises one page error at startup either way, "Cannot read properties of undefined (reading
+'id')"; the host's own import tracebacks, e.g. without torchaudio, are the same too).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import json
 import os
 import re
 import time
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -71,30 +74,55 @@ def test_shipped_blueprint_is_what_the_spec_builds(host, name):
     assert definition["category"] == blueprint_specs.CATEGORY and definition["description"]
 
 
-def _server_log_errors(log: str) -> list[str]:
-    """Tracebacks, and lines naming the pack with an error or a failed import."""
-    return [line for line in log.splitlines() if "Traceback" in line
+def _log_errors(log: str, base: Path) -> list[str]:
+    """Tracebacks, and lines naming the pack with an error or a failed import (the base folder left out)."""
+    return [line.replace(str(base), "<base>") for line in log.splitlines() if "Traceback" in line
             or (PACK_FOLDER in line and re.search(r"error|IMPORT FAILED|Cannot import", line, re.I))]
+
+
+def _without_subgraphs(folder: Path) -> Path:
+    """A copy of the pack without subgraphs/: links to everything else it ships."""
+    folder.mkdir(parents=True)
+    for entry in PACK_ROOT.iterdir():
+        if entry.name not in ("subgraphs", ".git", ".venvs", ".test-cache", ".test-artifacts"):
+            (folder / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    return folder
+
+
+def _what_the_host_shows(base: Path, pack: Path) -> dict:
+    """Start the server with ``pack`` as custom_nodes/comfyui-pnp and open the frontend: the node ids it
+    registers, what /global_subgraphs answers, the page errors and the server log's errors."""
+    (base / "custom_nodes").mkdir(parents=True)
+    (base / "custom_nodes" / PACK_FOLDER).symlink_to(pack, target_is_directory=True)
+    with browser.ComfyServer(base, {}, {}) as server:
+        nodes = set(server.get("/object_info"))
+        try:
+            listing = server.get("/global_subgraphs")
+        except urllib.error.HTTPError as exc:
+            listing = exc.code
+        with browser.chromium() as chromium:
+            page = browser.Frontend(chromium, server)
+            page_errors = sorted(e for e in page.console_errors if e.startswith("pageerror"))
+            pack_types = page.page.evaluate(
+                "ids => ids.filter(t => t in LiteGraph.registered_node_types)", list(PACK_NODE_IDS))
+        log = _log_errors(server.log_path.read_text(errors="replace"), base)
+    return {"nodes": nodes, "global_subgraphs": listing, "page_errors": page_errors, "pack_types": pack_types,
+            "log_errors": log}
 
 
 if not HAS_BLUEPRINTS:
     def test_pack_loads_unchanged_with_subgraphs_present(tmp_path):
-        """ComfyUI before 0.33 has no blueprint support: subgraphs/ must change nothing."""
+        """ComfyUI before 0.33 has no blueprint support: with subgraphs/ the host shows exactly what it shows
+        without the folder (nodes, page errors, log errors), every PnP node registers, no blueprint route."""
         assert sorted(p.stem for p in blueprint_specs.SUBGRAPHS.glob("*.json")) == sorted(NAMES)
-        with browser.ComfyServer(tmp_path / "server", {}, {}) as server:
-            info = server.get("/object_info")
-            assert set(PACK_NODE_IDS) <= set(info), sorted(set(PACK_NODE_IDS) - set(info))
-            try:
-                status = server.get("/global_subgraphs")
-            except Exception as exc:  # urllib raises HTTPError for the 404
-                status = getattr(exc, "code", exc)
-            assert status == 404, f"/global_subgraphs answered {status!r} on a host without blueprints"
-            with browser.chromium() as chromium:
-                page = browser.Frontend(chromium, server)
-                page_errors = [e for e in page.console_errors if e.startswith("pageerror")]
-                assert not page_errors, page_errors
-            errors = _server_log_errors(server.log_path.read_text(errors="replace"))
-            assert not errors, errors
+        shown = _what_the_host_shows(tmp_path / "with", PACK_ROOT)
+        assert set(PACK_NODE_IDS) <= shown["nodes"], sorted(set(PACK_NODE_IDS) - shown["nodes"])
+        assert shown["pack_types"] == list(PACK_NODE_IDS), shown["pack_types"]
+        assert shown["global_subgraphs"] == 404, shown["global_subgraphs"]
+        assert not [e for e in shown["page_errors"] if re.search("pnp|subgraph|blueprint", e, re.I)], shown
+        assert not [line for line in shown["log_errors"] if PACK_FOLDER in line], shown["log_errors"]
+        without = _what_the_host_shows(tmp_path / "without", _without_subgraphs(tmp_path / "pack"))
+        assert shown == without
 
 else:
     @pytest.fixture(scope="module", params=FRONTENDS, ids=[build.version for build in FRONTENDS])

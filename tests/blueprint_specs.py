@@ -8,8 +8,11 @@ subgraph's ``description``. The node search matches a listed blueprint by its
 title only: the frontends take its aliases from the server's listing, which
 ComfyUI 0.33 leaves without any (``extra.BlueprintSearchAliases`` is read for a
 user's own blueprints), and their fuzzy search counts a word's distance from the
-title's start (a word after about 30 characters is not found). So each title
-starts with "PnP Plug-and-Play", what people type ("pnp", "plug and play"). A blueprint file has the
+title's start (a word after about 30 characters is not found), and the node
+library's sidebar shows about the first 27 characters. So a title starts with
+"PnP", then what sets it apart from the other two, then "Plug-and-Play
+translation": found by "pnp" and "plug and play", told apart in the library.
+No ":" or "/" (the title is the file name, also on Windows). A blueprint file has the
 shape the frontend itself writes when it publishes one (``subgraphStore.
 publishSubgraph``, as in ComfyUI's own ``blueprints/``): a root graph holding one
 node of the subgraph's type, and the subgraph definition with its inputs,
@@ -67,17 +70,17 @@ def _spec(name: str, workflow: str, inner: list[int], sockets: list[tuple[str, i
 
 
 BLUEPRINTS = [
-    _spec("PnP Plug-and-Play translation (SD 1.5, 2.x)", "pnp_real_image", SD_INNER,
+    _spec("PnP SD 1.5, 2.x - Plug-and-Play translation", "pnp_real_image", SD_INNER,
           [("image", 5, 0), ("model", 1, 0), ("clip", 1, 1), ("vae", 1, 2)],
           "Plug-and-Play Diffusion Features (PnP): redraws an image to a target prompt while keeping its "
           "layout. Inside: PnP DDIM Inversion (empty source prompt), PnP Feature Bank and PnP Sampler, as the "
           "'Real image to target prompt' template. SD 1.x / 2.x checkpoints; image sides a multiple of 8 px."),
-    _spec("PnP Plug-and-Play translation (SDXL)", "pnp_sdxl", SD_INNER + [12],
+    _spec("PnP SDXL - Plug-and-Play translation", "pnp_sdxl", SD_INNER + [12],
           [("image", 5, 0), ("model", 1, 0), ("clip", 1, 1), ("vae", 1, 2)],
           "Plug-and-Play Diffusion Features (PnP) on an SDXL base checkpoint: redraws an image to a target "
           "prompt while keeping its layout. The image is scaled to 1024 px inside (open the blueprint to "
           "change it); PnP DDIM Inversion, PnP Feature Bank and PnP Sampler as the SDXL template."),
-    _spec("PnP Plug-and-Play translation with a subject mask", "pnp_mask", SD_INNER,
+    _spec("PnP subject mask - Plug-and-Play translation", "pnp_mask", SD_INNER,
           [("image", 5, 0), ("mask", 12, 0), ("model", 1, 0), ("clip", 1, 1), ("vae", 1, 2)],
           "Plug-and-Play Diffusion Features (PnP) restricted to a mask: the subject (white) keeps the image's "
           "structure, the rest follows the target prompt freely. SD 1.x / 2.x checkpoints; as the 'With a "

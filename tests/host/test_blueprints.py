@@ -53,7 +53,7 @@ PNP_CHAIN = ["PnP_DDIMInversion", "PnP_FeatureBank", "PnP_Sampler"]
 DEFAULTS = {"steps": 50, "cfg": 7.5, "feature_injection": 0.8, "attention_injection": 0.5}
 FAST = {"steps": browser.FAST_STEPS, "feature_injection": 0.7}
 SCREENSHOTS = Path(os.environ.get("PNP_SCREENSHOTS", PACK_ROOT / ".test-artifacts" / "screenshots"))
-CHECKPOINTS = {"PnP Plug-and-Play translation (SDXL)": workflow_specs.SDXL_CHECKPOINT}
+CHECKPOINTS = {"PnP SDXL - Plug-and-Play translation": workflow_specs.SDXL_CHECKPOINT}
 try:
     COMFYUI = find_comfyui()
     HAS_BLUEPRINTS = version_tuple(comfyui_version(COMFYUI)) >= BLUEPRINT_HOSTS_FROM
@@ -72,6 +72,11 @@ def test_shipped_blueprint_is_what_the_spec_builds(host, name):
     inner = {node["type"] for node in definition["nodes"]}
     assert set(PNP_CHAIN) <= inner, inner
     assert definition["category"] == blueprint_specs.CATEGORY and definition["description"]
+
+
+def test_titles_differ_where_the_library_cuts_them():
+    """The node library's sidebar (1.49.6, 1.58.1, default width) shows about 27 characters of a title."""
+    assert len({name[:24] for name in NAMES}) == len(NAMES), NAMES
 
 
 def _log_errors(log: str, base: Path) -> list[str]:

@@ -120,7 +120,7 @@ def build(spec: dict, widget_types) -> dict:
     widget_index = {(node_id, widget): len(spec["sockets"]) + i
                     for i, (_, _, targets) in enumerate(spec["widgets"]) for node_id, widget in targets}
     input_links: dict[int, list[int]] = {}
-    nodes = []
+    inner_nodes = []
     for node_id in inner:
         node = copy.deepcopy(by_id[node_id])
         declared = widget_types(node["type"])
@@ -145,18 +145,18 @@ def build(spec: dict, widget_types) -> dict:
             inputs.append(entry)
         node["inputs"] = inputs
         node["outputs"] = [{"localized_name": o["name"], **o, "links": []} for o in node.get("outputs", [])]
-        nodes.append(node)
+        inner_nodes.append(node)
     # links in a stable order: inner links by target, then the input links, then the output
-    pending = [(n["id"], i, e["link"]) for n in nodes for i, e in enumerate(n["inputs"]) if e["link"]]
+    pending = [(n["id"], i, e["link"]) for n in inner_nodes for i, e in enumerate(n["inputs"]) if e["link"]]
     for kind in ("inner", "input"):
         for node_id, slot, link in pending:
             if link[0] != kind:
                 continue
-            node = next(n for n in nodes if n["id"] == node_id)
+            node = next(n for n in inner_nodes if n["id"] == node_id)
             if kind == "inner":
                 _, origin, origin_slot, target, target_slot, socket = link
                 link_id = add_link(origin, origin_slot, target, target_slot, socket)
-                source = next(n for n in nodes if n["id"] == origin)
+                source = next(n for n in inner_nodes if n["id"] == origin)
                 source["outputs"][origin_slot]["links"].append(link_id)
             else:
                 _, index, target, target_slot, socket = link
@@ -165,14 +165,14 @@ def build(spec: dict, widget_types) -> dict:
             node["inputs"][slot]["link"] = link_id
     out_type, out_node, out_slot = spec["output"]
     output_link = add_link(out_node, out_slot, OUTPUT_NODE_ID, 0, out_type)
-    next(n for n in nodes if n["id"] == out_node)["outputs"][out_slot]["links"].append(output_link)
-    for node in nodes:
+    next(n for n in inner_nodes if n["id"] == out_node)["outputs"][out_slot]["links"].append(output_link)
+    for node in inner_nodes:
         for output in node["outputs"]:
             output["links"] = output["links"] or None
 
-    x0 = min(n["pos"][0] for n in nodes)
-    y0 = min(n["pos"][1] for n in nodes)
-    x1 = max(n["pos"][0] + n["size"][0] for n in nodes)
+    x0 = min(n["pos"][0] for n in inner_nodes)
+    y0 = min(n["pos"][1] for n in inner_nodes)
+    x1 = max(n["pos"][0] + n["size"][0] for n in inner_nodes)
     names = [s[0] for s in spec["sockets"]] + [w[0] for w in spec["widgets"]]
     labels = {w[0]: w[1] for w in spec["widgets"] if w[1] != w[0]}
     types = [socket_type(spec, by_id, s) for s in spec["sockets"]] + \
@@ -193,7 +193,7 @@ def build(spec: dict, widget_types) -> dict:
         "revision": 0, "config": {}, "name": name,
         "inputNode": {"id": INPUT_NODE_ID, "bounding": in_box},
         "outputNode": {"id": OUTPUT_NODE_ID, "bounding": out_box},
-        "inputs": sub_inputs, "outputs": sub_outputs, "widgets": [], "nodes": nodes, "groups": [],
+        "inputs": sub_inputs, "outputs": sub_outputs, "widgets": [], "nodes": inner_nodes, "groups": [],
         "links": new_links, "extra": {}, "category": CATEGORY, "description": spec["description"],
     }
     instance = {

@@ -10,6 +10,11 @@ Written from the official code, not from this pack:
   ``flux/model.py``, ``flux/modules/layers.py``, ``gradio_demo.py``. Cited as ``FF:file:line``.
   (Forks add solvers of their own; they are not FireFlow.)
 
+Checked once against the official code itself (the fetched repos imported as they are, ``.cuda()``
+made a no-op, the same random weights, fp32 CPU): bit-identical inverted and edited latents and the
+same stored keys for RF-Solver-Edit and for FireFlow's fireflow / rf_solver / reflow solvers, block
+ranges 0-37, 20-37, 5-30, strategies replace_v, add_q, "replace_v add_k replace_q", dev and schnell.
+
 Only the test harness is shared with ComfyUI: the transformer's weights, converted
 from the ComfyUI/BFL checkpoint with ComfyUI's key map ``comfy.utils.flux_to_diffusers``
 (RMSNorm ``_norm.scale`` read as ``_norm.weight``; the map swaps the final layer's

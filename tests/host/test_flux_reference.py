@@ -14,7 +14,10 @@ single blocks never call ``attn1_patch``. Everything else runs on both.
 Measured (CPU, fp32; v0.33.0 torch 2.9.1 and v0.3.64 torch 2.13, diffusers 0.35.2):
 - ComfyUI's Flux vs diffusers' FluxTransformer2DModel on converted weights: max abs 1.1e-6
   (|velocity| up to 2.5), dev and schnell, a 16x24 latent.
-- V substituted through v0.33's ``attn1_patch`` vs the reference's injection: max abs 1e-6.
+- V substituted through v0.33's ``attn1_patch`` vs the reference's injection: max abs 8.3e-7 (the
+  injection itself moves the output by 0.08).
+- The reference against the official code itself (fetched repos, one-off, not a test dependency):
+  bit-identical; see docs/flux-plan.md.
 - Reconstruction without injection (same prompt, guidance 1, dev, 16x16 latent, unit variance),
   max abs error at 4 / 8 / 16 steps: Euler 0.31 / 0.16 / 0.079 (first order), RF-Solver
   0.021 / 0.0058 / 0.0018, FireFlow 0.014 / 0.0023 / 0.00065 (second order); the latent
@@ -345,17 +348,20 @@ def test_official_store_size_at_1024px():
 
 @pytest.mark.parametrize("solver", ["rf_solver", "fireflow"])
 def test_injection_changes_the_edit(flux, solver):
-    """Source and target prompts differ: injecting the source's V (first steps) moves the result by far
-    more than 1e-4, and keeps it closer to the plain reconstruction of the source."""
+    """Source and target prompts differ (dev, 8 steps, guidance 2): injecting the source's V moves the result
+    by far more than 1e-4, and injecting it in every step keeps the edit closer to the source's plain
+    reconstruction. Measured (max |on - off| with inject 3; mean |edit - reconstruction| with inject 8 vs 0):
+    RF-Solver 0.011; 0.1115 vs 0.1126. FireFlow (blocks 0-37) 0.015; 0.1110 vs 0.1126. Random V carries
+    little structure, so the pull is small; the reconstruction itself is 1e-3 (RF) / 4.5e-4 (FF) from the input."""
     model = flux("flux_dev_tiny").reference
     latent, source, target = _latent(16, 16, 4), fc.random_conditioning(SOURCE), fc.random_conditioning(TARGET)
 
-    def info(inject):
-        return ref.fireflow_info(inject, 0, 37) if solver == "fireflow" else ref.rf_solver_info(inject)
+    def run(text, inject, guidance):
+        info = ref.fireflow_info(inject, 0, 37) if solver == "fireflow" else ref.rf_solver_info(inject)
+        return ref.edit(model, latent, source, text, 8, info, guidance=guidance, solver=solver).latent
 
-    steps = 8
-    off = ref.edit(model, latent, source, target, steps, info(0), guidance=2.0, solver=solver).latent
-    on = ref.edit(model, latent, source, target, steps, info(3), guidance=2.0, solver=solver).latent
-    recon = ref.edit(model, latent, source, source, steps, info(0), guidance=1.0, solver=solver).latent
-    assert (on - off).abs().max().item() > 1e-2
-    assert (on - recon).abs().mean().item() < (off - recon).abs().mean().item()
+    off, some, every = run(target, 0, 2.0), run(target, 3, 2.0), run(target, 8, 2.0)
+    recon = run(source, 0, 1.0)
+    assert (recon - latent).abs().max().item() < 1e-2
+    assert (some - off).abs().max().item() > 5e-3
+    assert (every - recon).abs().mean().item() < (off - recon).abs().mean().item() - 5e-4

@@ -97,7 +97,7 @@ def model_name(layout: str) -> str:
     return f"pnp_test_{layout}_{digest}.safetensors"
 
 
-def _comfy_flux(layout: str, device: str = "meta"):
+def comfy_flux_module(layout: str, device: str = "meta"):
     """ComfyUI's own Flux module for the layout (on the meta device by default: shapes and names only)."""
     import comfy.ldm.flux.model as flux_model
     import comfy.ops
@@ -123,7 +123,7 @@ def _uniform(name: str, shape: tuple[int, ...], fan_in: int, seed: int) -> torch
 def build_state_dict(layout: str) -> dict[str, torch.Tensor]:
     """The layout's random weights under BFL's key names (fp32)."""
     seed = LAYOUTS[layout]["seed"]
-    shapes = {official_key(k): tuple(v.shape) for k, v in _comfy_flux(layout).state_dict().items()}
+    shapes = {official_key(k): tuple(v.shape) for k, v in comfy_flux_module(layout).state_dict().items()}
     out = {}
     for name, shape in sorted(shapes.items()):
         if name.endswith("_norm.scale"):
@@ -156,7 +156,7 @@ def ensure_model(layout: str, folder: Path) -> str:
 
 
 def parameter_count(layout: str) -> int:
-    return sum(math.prod(p.shape) for p in _comfy_flux(layout).parameters())
+    return sum(math.prod(p.shape) for p in comfy_flux_module(layout).parameters())
 
 
 def random_conditioning(prompt: str, text_tokens: int = 8, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

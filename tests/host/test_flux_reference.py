@@ -80,7 +80,7 @@ def _load(host, layout: str) -> FluxUnderTest:
     else:
         # v0.3.64: every FLUX is detected as full size, so UNETLoader would fail with size mismatches.
         assert (detected["hidden_size"], detected["num_heads"], detected["context_in_dim"]) == (3072, 24, 4096)
-        comfy_flux = fc._comfy_flux(layout, device="cpu")
+        comfy_flux = fc.comfy_flux_module(layout, device="cpu")
         own = comfy_flux.state_dict()
         comfy_flux.load_state_dict({k: state_dict[fc.official_key(k)] for k in own}, strict=True)
     comfy_flux = comfy_flux.eval()

@@ -21,7 +21,7 @@ heads. The layouts here:
 - ``flux_schnell_tiny``: the same without ``guidance_in`` (detected as
   ``FluxSchnell``).
 
-About 11.2M parameters each (FLUX.1: 11.9B); 45 MB as fp32 files. The text
+11.38M (dev) and 11.33M (schnell) parameters (FLUX.1: 11.9B); 45 MB as fp32 files. The text
 widths are the real ones so that conditioning of FLUX's real shape fits; the
 text encoders themselves are not built: ComfyUI's FLUX text encoder
 (``DualCLIPLoader`` type ``flux``, ``comfy/text_encoders/flux.py``) is CLIP-L

@@ -55,6 +55,27 @@ def test_template_file_names_are_numbered_titles_in_the_template_order():
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_template_card_text_stays_inside_the_picture(host, name):
+    """Every line of text on a template card (heading, description, labels, prompts, the PnP chain at the foot)
+    lies inside the area it was given, within 2 px (a glyph's side bearing), and every area inside the card's
+    margins: nothing runs off the picture's edge, the frontends' card shows all of it."""
+    import nodes
+
+    spec = next(spec for spec in SPECS if spec["name"] == name)
+    types = dict.fromkeys(n["type"] for n in spec["nodes"] if n["type"].startswith("PnP_"))
+    chain = [nodes.NODE_CLASS_MAPPINGS[t].GET_SCHEMA().display_name.split(" (")[0] for t in types]
+    drawn = template_cards.draw_card(spec, spec["order"], chain, WORKFLOWS)
+    width, height = template_cards.SIZE
+    margin = template_cards.MARGIN
+    assert drawn.lines
+    for text, (left, top, right, bottom), area in drawn.lines:
+        assert area[0] >= margin and area[2] <= width - margin and area[1] >= 0 and area[3] <= height, (text, area)
+        assert left >= area[0] - 2 and top >= area[1] - 2 and right <= area[2] + 2 and bottom <= area[3] + 2, \
+            (text, (left, top, right, bottom), area)
+    assert any(spec["title"] in text or text.endswith("…") for text, _, _ in drawn.lines)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_no_node_comes_near_another(name):
     """Boxes with their title bars: no two nodes closer than workflow_specs.GAP above each other in a column,
     none overlapping side by side (the browser test checks the same after a run with previews on)."""

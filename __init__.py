@@ -10,7 +10,7 @@ import logging
 from .pnp_hooks.host_api import host_problem
 
 _HOST_PROBLEM = host_problem()
-# Served by ComfyUI at /extensions/<this folder's name>/: the nodes' help pages (docs/<node id>.md, what the
+# Served by ComfyUI at /extensions/<this folder's name>/: the nodes' help pages (docs/<node id>/en.md, what the
 # frontend's "?" opens) and the frontend extension that shows on the bank nodes what a bank holds.
 WEB_DIRECTORY = "./web"
 

@@ -336,6 +336,12 @@ class Frontend:
                            "ds.offset[0]; app.canvas.ds.offset[1] = ds.offset[1]; app.canvas.setDirty(true, true); }",
                            clip["view"])
 
+    def show_whole_graph(self) -> None:
+        """Moves the view so that every node is in it, clear of the side and top bars (a file opens at its saved
+        view, which may show only the graph's top left part)."""
+        self.page.evaluate(_SHOW_NODES_JS, {"ids": self.page.evaluate("() => app.graph.nodes.map(n => n.id)"),
+                                            "margin": 24, "chrome": SCREEN_CHROME})
+
     def node_boxes(self) -> dict[int, tuple[float, float, float, float]]:
         """Every node's box as the canvas has it now, (x, y, width, height) with y the top of the body."""
         boxes = self.page.evaluate("() => app.graph.nodes.map(n => [n.id, [...n.pos, ...n.size]])")
@@ -551,6 +557,7 @@ def exercise_workflow(frontend: Frontend, ui_path: Path, api_path: Path, screens
     frontend.set_widgets({nid: {name: original[str(nid)][i] for name, i in _widget_index(frontend, nid, values)}
                           for nid, values in fast.items()})
     outputs = [int(i) for i, n in api.items() if n["class_type"] in OUTPUT_NODE_TYPES]
+    frontend.show_whole_graph()  # the canvas loads a node's images when it draws the node
     images = frontend.wait_for_output_images(outputs)
     saved = {nid: out.get("images", []) for nid, out in history["outputs"].items()}
     assert all(saved.get(str(i)) for i in outputs), f"{ui_path.name}: an output node has no image: {saved}"

@@ -76,6 +76,22 @@ def test_template_card_text_stays_inside_the_picture(host, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_each_file_saves_a_readable_view_of_its_top_left_corner(name):
+    """extra.ds, the view frontend 1.27 restores on opening a file or template (and web/pnp_template_view.js for the
+    pack's templates in 1.49 and 1.58), is ``workflow_specs.saved_view`` of the file's nodes: at READABLE_ZOOM or
+    more, so the canvas draws node text (the browser test measures it in each frontend)."""
+    import browser
+
+    ui = _ui(name)
+    boxes = {node["id"]: (*node["pos"], *node["size"]) for node in ui["nodes"]}
+    expected = workflow_specs.saved_view(boxes, workflow_specs.TITLE_HEIGHT, browser.SCREEN_CHROME)
+    saved = ui["extra"]["ds"]
+    assert saved["scale"] == pytest.approx(expected["scale"], rel=1e-6), (saved, expected)
+    assert saved["offset"] == pytest.approx(expected["offset"], abs=1e-3), (saved, expected)
+    assert workflow_specs.READABLE_ZOOM <= saved["scale"] <= 1
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_no_node_comes_near_another(name):
     """Boxes with their title bars: no two nodes closer than workflow_specs.GAP above each other in a column,
     none overlapping side by side (the browser test checks the same after a run with previews on)."""

@@ -10,9 +10,9 @@ import logging
 from .pnp_hooks.host_api import host_problem
 
 _HOST_PROBLEM = host_problem()
-# Served by ComfyUI at /extensions/<this folder's name>/: the nodes' help pages (docs/<node id>.md, what the
-# frontend's help opens: the node library's "?", Node Info) and the frontend extension that shows on the bank
-# nodes what a bank holds.
+# Served by ComfyUI at /extensions/<this folder's name>/: the nodes' help pages (docs/<node id>/en.md, what the
+# frontend's help opens: the node library's "?", Node Info) and the frontend extensions (what a bank holds on the
+# bank nodes, the templates' order and opening view).
 WEB_DIRECTORY = "./web"
 
 if _HOST_PROBLEM:

@@ -34,6 +34,10 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
 VIEWPORT = {"width": 1920, "height": 1200}
+# Windows the pack's templates must open readable in, and the zoom below which the canvas draws no node text
+# (LiteGraph.Canvas.MinFontSizeForLOD's default 8 px of the 14 px node font, ~57 %; users see it at 60 %).
+TEMPLATE_WINDOWS = ({"width": 1600, "height": 1000}, {"width": 1920, "height": 1080})
+READABLE_ZOOM = 0.6
 
 
 NEWEST_FRONTEND_PIN = PACK_ROOT / ".ci" / "newest-frontend.txt"
@@ -202,6 +206,54 @@ class Frontend:
         self.page.wait_for_function(f"() => app.graph.nodes.length === {expected}", timeout=30_000)
         self.page.wait_for_timeout(800)
 
+    def open_template(self, folder: str, stem: str, viewport: dict | None = None) -> dict:
+        """Open a custom node pack's template as Browse Templates does (the card's click): fetch
+        /api/workflow_templates/<folder>/<stem>.json and ``app.loadGraphData(json, true, true, stem,
+        {openSource: "template"})`` (1.27.10 restores the file's saved view, extra.ds; 1.49.6 and 1.58.1 fit
+        the view to the nodes). ``viewport``: the window size to open it at (the page keeps it).
+        Returns the view once it has settled: {"scale", "offset", "canvas": [width, height]}."""
+        if viewport is not None and self.page.viewport_size != viewport:
+            self.page.set_viewport_size(viewport)
+            self.page.wait_for_function(
+                "([w, h]) => { const r = app.canvas.canvas.getBoundingClientRect(); "
+                "return r.width > 0 && r.width <= w && r.height <= h && app.canvas.ds.element.width > 0; }",
+                arg=[viewport["width"], viewport["height"]], timeout=30_000)
+        return self.page.evaluate(_OPEN_TEMPLATE_JS, {"folder": folder, "stem": stem})
+
+    def open_node_help(self, node_type: str, timeout: float = 60.0) -> dict:
+        """Open a node's help as a user does: a new node of ``node_type`` on an empty canvas, selected, and the
+        selection toolbox's help button (Node Info in 1.49.6 and 1.58.1: the right side panel's Info tab; "?" in
+        1.27.10: the node library's help page). Returns what the pack's docs requests got (``requests``: [url,
+        status] in order), the panel's width and what in it is wider than its box (``overflow``: one line per
+        element that scrolls or sticks out sideways)."""
+        requests: list[list] = []
+        prefix = f"{self.server.url}/extensions/"
+
+        def record(response) -> None:
+            if response.url.startswith(prefix) and "/docs/" in response.url:
+                requests.append([response.url.removeprefix(self.server.url), response.status])
+
+        self.page.on("response", record)
+        try:
+            self.page.evaluate(
+                """type => { app.graph.clear(); const node = LiteGraph.createNode(type); node.pos = [400, 400];
+                     app.graph.add(node); app.canvas.ds.scale = 1; app.canvas.ds.offset[0] = 0;
+                     app.canvas.ds.offset[1] = 0; app.canvas.selectNode(node); app.graph.setDirtyCanvas(true, true); }""",
+                node_type)
+            # the toolbox follows the selection a frame later; its button can sit under the menu bar in 1.27.10,
+            # so it is clicked as its own element (what a click on it runs)
+            self.page.wait_for_function("() => document.querySelector('[data-testid=info-button]')",
+                                        timeout=timeout * 1000)
+            self.page.evaluate("() => document.querySelector('[data-testid=info-button]').click()")
+            title = self.page.evaluate("t => LiteGraph.registered_node_types[t].title.split(' (')[0]", node_type)
+            self.page.wait_for_function(
+                """title => [...document.querySelectorAll('.node-help-content h1')].some(h => h.innerText.trim() === title
+                     && h.offsetParent !== null && [...h.closest('.node-help-content').querySelectorAll('img')]
+                     .every(i => i.complete))""", arg=title, timeout=timeout * 1000)
+            return {"requests": requests, **self.page.evaluate(_HELP_OVERFLOW_JS, title)}
+        finally:
+            self.page.remove_listener("response", record)
+
     def unknown_node_types(self) -> list[str]:
         return self.page.evaluate(
             "() => app.graph.nodes.filter(n => !(n.type in LiteGraph.registered_node_types) || n.has_errors)"
@@ -284,6 +336,12 @@ class Frontend:
                            "ds.offset[0]; app.canvas.ds.offset[1] = ds.offset[1]; app.canvas.setDirty(true, true); }",
                            clip["view"])
 
+    def show_whole_graph(self) -> None:
+        """Moves the view so that every node is in it, clear of the side and top bars (a file opens at its saved
+        view, which may show only the graph's top left part)."""
+        self.page.evaluate(_SHOW_NODES_JS, {"ids": self.page.evaluate("() => app.graph.nodes.map(n => n.id)"),
+                                            "margin": 24, "chrome": SCREEN_CHROME})
+
     def node_boxes(self) -> dict[int, tuple[float, float, float, float]]:
         """Every node's box as the canvas has it now, (x, y, width, height) with y the top of the body."""
         boxes = self.page.evaluate("() => app.graph.nodes.map(n => [n.id, [...n.pos, ...n.size]])")
@@ -292,6 +350,51 @@ class Frontend:
     def title_height(self) -> float:
         return self.page.evaluate("() => LiteGraph.NODE_TITLE_HEIGHT")
 
+
+# The template browser's card click: fetch the template, load it as a template; then wait until the view has
+# been the same for 5 frames (1.49.6 and 1.58.1 may fit it a frame later).
+_OPEN_TEMPLATE_JS = """
+async ({folder, stem}) => {
+  const r = await fetch(`/api/workflow_templates/${encodeURIComponent(folder)}/${encodeURIComponent(stem)}.json`);
+  if (!r.ok) throw new Error(`template ${folder}/${stem}: HTTP ${r.status}`);
+  const json = await r.json();
+  await app.loadGraphData(json, true, true, stem, {openSource: 'template'});
+  const frame = () => new Promise(done => requestAnimationFrame(() => done()));
+  const view = () => JSON.stringify([app.canvas.ds.scale, ...app.canvas.ds.offset]);
+  let last = view(), same = 0;
+  for (let i = 0; i < 200 && same < 5; i++) { await frame(); const now = view(); same = now === last ? same + 1 : 0; last = now; }
+  if (app.graph.nodes.length !== json.nodes.length) throw new Error(`template ${stem}: ${app.graph.nodes.length} nodes`);
+  const rect = app.canvas.canvas.getBoundingClientRect();
+  return {scale: app.canvas.ds.scale, offset: [...app.canvas.ds.offset], canvas: [rect.width, rect.height]};
+}
+"""
+
+# The help page's panel: its width, and every element of the page and of the panel around it (up to the first
+# box wider than half the window) that scrolls sideways or sticks out of the page's box.
+_HELP_OVERFLOW_JS = """
+title => {
+  const heading = [...document.querySelectorAll('.node-help-content h1')].find(h => h.innerText.trim() === title);
+  const page = heading.closest('.node-help-content');
+  const box = page.getBoundingClientRect();
+  const around = [];
+  for (let e = page; e && e.clientWidth <= innerWidth / 2; e = e.parentElement) around.push(e);
+  const describe = e => `${e.tagName.toLowerCase()}.${String(e.className).split(' ').slice(0, 3).join('.')} ` +
+    `"${(e.innerText || '').trim().slice(0, 40)}"`;
+  const overflow = [];
+  for (const e of [...around, ...page.querySelectorAll('*')]) {
+    const x = getComputedStyle(e).overflowX;
+    if ((x === 'auto' || x === 'scroll') && e.scrollWidth > e.clientWidth + 1)
+      overflow.push(`${describe(e)} scrolls: ${e.scrollWidth} px in ${e.clientWidth} px`);
+  }
+  for (const e of page.querySelectorAll('*')) {
+    const r = e.getBoundingClientRect();
+    if (r.width > 0 && (r.right > box.right + 1 || r.left < box.left - 1))
+      overflow.push(`${describe(e)} sticks out: ${Math.round(r.left)}-${Math.round(r.right)} px of ` +
+                    `${Math.round(box.left)}-${Math.round(box.right)} px`);
+  }
+  return {width: around[around.length - 1].clientWidth, text: page.innerText, overflow};
+}
+"""
 
 SCREEN_CHROME = [65, 80]  # px of the frontend's side bar and top bars (over the canvas, or beside it in 1.27)
 # Moves the view so that the given nodes fill the free part of the canvas (clear of the bars) at up to 100 %;
@@ -454,6 +557,7 @@ def exercise_workflow(frontend: Frontend, ui_path: Path, api_path: Path, screens
     frontend.set_widgets({nid: {name: original[str(nid)][i] for name, i in _widget_index(frontend, nid, values)}
                           for nid, values in fast.items()})
     outputs = [int(i) for i, n in api.items() if n["class_type"] in OUTPUT_NODE_TYPES]
+    frontend.show_whole_graph()  # the canvas loads a node's images when it draws the node
     images = frontend.wait_for_output_images(outputs)
     saved = {nid: out.get("images", []) for nid, out in history["outputs"].items()}
     assert all(saved.get(str(i)) for i in outputs), f"{ui_path.name}: an output node has no image: {saved}"

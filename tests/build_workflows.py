@@ -53,8 +53,9 @@ def build(frontend: browser.Frontend, spec: dict) -> dict:
     created = frontend.page.evaluate(workflow_specs.CREATE_JS, page_spec)
     sizes = {int(node_id): size for node_id, size in created["sizes"].items()}
     positions = workflow_specs.settle(spec["nodes"], sizes, created["title_height"])
-    return json.loads(frontend.page.evaluate(workflow_specs.FINISH_JS,
-                                             {"positions": positions, "chrome": browser.SCREEN_CHROME}))
+    view = workflow_specs.saved_view({i: (*positions[i], *sizes[i]) for i in positions}, created["title_height"],
+                                     browser.SCREEN_CHROME)
+    return json.loads(frontend.page.evaluate(workflow_specs.FINISH_JS, {"positions": positions, "view": view}))
 
 
 def pnp_chain(frontend: browser.Frontend, spec: dict) -> list[str]:

@@ -615,6 +615,30 @@ def settle(nodes: list[dict], sizes: dict, title_height: float) -> dict:
     return {node_id: [box[0], box[1]] for node_id, box in placed.items()}
 
 
+# The view saved in each file (extra.ds): what opens on a 1600x1000 window, the smallest the templates are made
+# for. The canvas draws no node text below 60 % zoom (LiteGraph.Canvas.MinFontSizeForLOD, 8 px of 14), so the
+# view is the whole graph where that fits at READABLE_ZOOM or more (at up to 100 %), else READABLE_ZOOM with
+# the graph's top left corner in view; either way the top left corner sits VIEW_MARGIN px inside the side and
+# top bars, so a larger window shows more of the graph at the same zoom. Frontend 1.27 restores it when a file
+# or template is opened; for the pack's templates in 1.49 and 1.58, which fit templates to the window,
+# web/pnp_template_view.js puts it back.
+VIEW_WINDOW = (1600, 1000)
+READABLE_ZOOM = 0.65
+VIEW_MARGIN = 16
+
+
+def saved_view(boxes: dict, title_height: float, chrome: tuple[int, int]) -> dict:
+    """The view to save, {"scale", "offset"}, for nodes at ``boxes`` ``(x, y, width, height)`` (``y`` = top of
+    the body) behind side and top bars of ``chrome`` px."""
+    x0 = min(x for x, y, w, h in boxes.values()) - VIEW_MARGIN
+    y0 = min(y - title_height for x, y, w, h in boxes.values()) - VIEW_MARGIN
+    x1 = max(x + w for x, y, w, h in boxes.values()) + VIEW_MARGIN
+    y1 = max(y + h for x, y, w, h in boxes.values()) + VIEW_MARGIN
+    free = (VIEW_WINDOW[0] - chrome[0], VIEW_WINDOW[1] - chrome[1])
+    scale = min(1.0, max(READABLE_ZOOM, min(free[0] / (x1 - x0), free[1] / (y1 - y0))))
+    return {"scale": scale, "offset": [chrome[0] / scale - x0, chrome[1] / scale - y0]}
+
+
 # Builds a spec in the page with the frontend's own LiteGraph classes: nodes (with room for their previews) and
 # links; returns the nodes' sizes and the title bar height for ``settle``.
 CREATE_JS = """
@@ -652,28 +676,19 @@ async (spec) => {
 }
 """
 
-# Places the nodes built by CREATE_JS, fits the view and returns what the frontend serialises.
+# Places the nodes built by CREATE_JS, sets the view saved in the file (``saved_view``) and returns what the
+# frontend serialises.
 FINISH_JS = """
-async ({positions, chrome}) => {
+async ({positions, view}) => {
   const graph = app.graph;
   for (const [id, pos] of Object.entries(positions)) graph.getNodeById(Number(id)).pos = pos;
-  // fit the view to the nodes (as "Fit view" does, but tighter and clear of the side and top bars);
-  // it is saved in extra.ds and restored when the file is opened
   const frame = () => new Promise(r => requestAnimationFrame(() => r()));
   app.graph.setDirtyCanvas(true, true);
   await frame(); await frame();
-  let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
-  for (const node of graph.nodes) {
-    x0 = Math.min(x0, node.pos[0]); y0 = Math.min(y0, node.pos[1] - LiteGraph.NODE_TITLE_HEIGHT);
-    x1 = Math.max(x1, node.pos[0] + node.size[0]); y1 = Math.max(y1, node.pos[1] + node.size[1]);
-  }
   const ds = app.canvas.ds;
-  const [cw, ch] = [ds.element.width / devicePixelRatio, ds.element.height / devicePixelRatio];
-  const [left, top] = chrome;
-  const scale = 0.96 * Math.min((cw - left) / (x1 - x0), (ch - top) / (y1 - y0));
-  ds.scale = scale;
-  ds.offset[0] = (left + (cw - left) / 2) / scale - (x0 + x1) / 2;
-  ds.offset[1] = (top + (ch - top) / 2) / scale - (y0 + y1) / 2;
+  ds.scale = view.scale;
+  ds.offset[0] = view.offset[0];
+  ds.offset[1] = view.offset[1];
   app.graph.setDirtyCanvas(true, true);
   await frame();
   const { workflow, output } = await app.graphToPrompt();

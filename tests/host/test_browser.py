@@ -18,7 +18,8 @@ are kept in $PNP_SCREENSHOTS/<frontend version> (default .test-artifacts/screens
 The server runs with sampling previews on (``--preview-method auto``, as most users run it) and no cache:
 after each run no node's box, title bar included, comes near another's (``workflow_specs.boxes_clash``), and PnP
 Feature Bank shows what its bank holds. Per frontend, also what makes the pack feel native: every PnP output is
-labelled with its name (not its type), every help page the frontend asks for is served, the nodes are found
+labelled with its name (not its type), every help page opens from the first URL the frontend asks and fits its
+narrow side panel, the pack's templates open at a zoom that draws node text, the nodes are found
 by the paper's name ("plug and play", "translation", ...) in the node search, and Browse Templates shows the
 pack's workflows as numbered titles in their order, each card with its picture. Last per frontend: the page
 checks do see a missing node type and a toast.
@@ -115,17 +116,39 @@ def test_every_pnp_output_is_labelled_with_its_name(frontend):
         assert all(label != kind for label, kind in outputs), (node_id, outputs)
 
 
+@pytest.fixture(scope="module")
+def help_page(frontend, server):
+    """A second page of the same frontend for the help panel (the first keeps its layout for the workflows), in the
+    smallest window the pack is made for (browser.TEMPLATE_WINDOWS), where the side panel is narrowest."""
+    page = browser.Frontend(frontend.page.context.browser, server)
+    page.page.set_viewport_size(browser.TEMPLATE_WINDOWS[0])
+    yield page
+    page.page.close()
+
+
 @pytest.mark.parametrize("node_id", PACK_NODE_IDS)
-def test_help_page_is_served_where_the_frontend_asks(frontend, node_id):
-    """The frontends ask a custom node's help at /extensions/<pack folder>/docs/<node id>.md (1.49 on first
-    <node id>/<locale>.md): the page's fetch gets the shipped page."""
-    python_module = frontend.page.evaluate("t => LiteGraph.registered_node_types[t].nodeData.python_module",
-                                           node_id)
+def test_help_page_opens_in_the_side_panel_without_sideways_scrolling(help_page, frontend_build, node_id):
+    """The selection toolbox's help button (Node Info in 1.49.6 and 1.58.1, "?" in 1.27.10) shows the shipped page:
+    the frontends ask /extensions/<pack folder>/docs/<node id>/<locale>.md first, then <node id>.md; the page is
+    web/docs/<node id>/en.md, so the first request gets it (no 404 for the pack's docs). In the narrow side panel
+    (~285-375 px) nothing scrolls sideways or sticks out of the page (inputs are a list, not a table)."""
+    python_module = help_page.page.evaluate("t => LiteGraph.registered_node_types[t].nodeData.python_module",
+                                            node_id)
     assert python_module.split(".")[1] == PACK_FOLDER, python_module
-    url = f"/extensions/{PACK_FOLDER}/docs/{node_id}.md"
-    got = frontend.page.evaluate("async url => { const r = await fetch(url); return [r.status, await r.text()]; }",
-                                 url)
-    assert got == [200, (PACK_ROOT / "web" / "docs" / f"{node_id}.md").read_text(encoding="utf-8")], url
+    shown = help_page.open_node_help(node_id)
+    screenshots = SCREENSHOTS / frontend_build.version
+    screenshots.mkdir(parents=True, exist_ok=True)
+    if node_id == "PnP_Sampler":
+        help_page.page.screenshot(path=str(screenshots / "help PnP_Sampler.jpg"), type="jpeg", quality=80)
+    first = f"/extensions/{PACK_FOLDER}/docs/{node_id}/en.md"
+    assert shown["requests"] and shown["requests"][0] == [first, 200], shown["requests"]
+    assert all(status < 400 for _, status in shown["requests"]), shown["requests"]
+    assert not shown["overflow"], f"help panel {shown['width']} px wide:\n" + "\n".join(shown["overflow"])
+    page = (PACK_ROOT / "web" / "docs" / node_id / "en.md").read_text(encoding="utf-8")
+    served = help_page.page.evaluate("async url => { const r = await fetch(url); return [r.status, await r.text()]; }",
+                                     first)
+    assert served == [200, page], first
+    print(f"\n{node_id} help in {help_page.version}: panel {shown['width']} px, requests {shown['requests']}")
 
 
 @pytest.mark.parametrize("query", SEARCHES)
@@ -216,6 +239,34 @@ def test_template_browser_shows_the_pack_workflows_in_numbered_order(frontend, f
     assert not frontend.dialogs(), "the template browser did not close on Escape"
     assert titles == sorted(stems), titles
     assert drawn == stems, f"no picture drawn on the cards of {sorted(stems - drawn)}"
+
+
+@pytest.mark.parametrize("viewport", browser.TEMPLATE_WINDOWS, ids=lambda v: f"{v['width']}x{v['height']}")
+def test_templates_open_at_a_zoom_that_draws_node_text(frontend, frontend_build, viewport):
+    """Every pack template, opened as Browse Templates opens it (``Frontend.open_template``) in a window of this
+    size, shows its nodes at READABLE_ZOOM or more (the canvas draws no node text below 60 % by default) with the
+    graph's top left node in view, clear of the side and top bars."""
+    zooms, hidden = {}, []
+    try:
+        for stem in sorted(STEMS.values()):
+            view = frontend.open_template(PACK_FOLDER, stem, viewport)
+            zooms[stem[:2]] = round(view["scale"], 3)
+            corner = frontend.page.evaluate(
+                """() => { const ds = app.canvas.ds, title = LiteGraph.NODE_TITLE_HEIGHT;
+                     const x = Math.min(...app.graph.nodes.map(n => n.pos[0]));
+                     const y = Math.min(...app.graph.nodes.map(n => n.pos[1] - title));
+                     return [(x + ds.offset[0]) * ds.scale, (y + ds.offset[1]) * ds.scale]; }""")
+            if not (0 <= corner[0] < viewport["width"] / 2 and 0 <= corner[1] < viewport["height"] / 2):
+                hidden.append((stem[:2], corner))
+        screenshots = SCREENSHOTS / frontend_build.version
+        screenshots.mkdir(parents=True, exist_ok=True)
+        frontend.page.screenshot(path=str(screenshots / f"template {viewport['width']}x{viewport['height']}.jpg"),
+                                 type="jpeg", quality=80)
+    finally:
+        frontend.page.set_viewport_size(browser.VIEWPORT)
+    print(f"\nopening zoom in {frontend.version} at {viewport['width']}x{viewport['height']}: {zooms}")
+    assert all(zoom >= browser.READABLE_ZOOM for zoom in zooms.values()), zooms
+    assert not hidden, f"the graph's top left corner is out of view: {hidden}"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -37,7 +37,7 @@ def test_pyproject_says_what_the_registry_and_comfyui_read(host):
 
 def test_the_web_folder_is_served_under_the_name_the_frontend_asks_for_help_with(host):
     """ComfyUI serves WEB_DIRECTORY at /extensions/<the pack folder's name>/; the frontend asks a custom node's
-    help at /extensions/<the second part of its python_module>/docs/<node id>.md: the same name."""
+    help at /extensions/<the second part of its python_module>/docs/<node id>/<locale>.md: the same name."""
     import nodes
 
     for node_id in PACK_NODE_IDS:
@@ -47,15 +47,18 @@ def test_the_web_folder_is_served_under_the_name_the_frontend_asks_for_help_with
 
 @pytest.mark.parametrize("node_id", PACK_NODE_IDS)
 def test_help_page_documents_every_input_and_output(host, node_id):
-    page = (DOCS / f"{node_id}.md").read_text(encoding="utf-8")
+    page = (DOCS / node_id / "en.md").read_text(encoding="utf-8")
     schema = node_class(node_id).GET_SCHEMA()
     assert page.startswith(f"# {schema.display_name.split(' (')[0]}\n"), page[:60]
     missing = [i.id for i in schema.inputs if f"`{i.id}`" not in page]
     missing += [o.display_name for o in schema.outputs if f"`{o.display_name}`" not in page]
-    assert not missing, f"docs/{node_id}.md does not mention {missing}"
-    for picture in re.findall(r"!\[[^\]]*\]\(([^)\s]+)", page):
+    assert not missing, f"docs/{node_id}/en.md does not mention {missing}"
+    for picture in re.findall(r"!\[[^\]]*\]\(([^)\s]+)", page):  # the frontends resolve them against docs/
         assert (DOCS / picture).is_file(), picture
+    # the side panel is ~285 px wide: no table (a 3-column one needs ~400 px and scrolls sideways)
+    assert not re.search(r"^\s*\|", page, re.M), f"docs/{node_id}/en.md has a table"
     assert "README" not in page  # the UI cannot open it
+    assert not (DOCS / f"{node_id}.md").exists(), "one copy of each page: docs/<node id>/en.md"
 
 
 def test_every_output_has_a_display_name_the_host_sends(host):

@@ -55,6 +55,43 @@ def test_template_file_names_are_numbered_titles_in_the_template_order():
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_template_card_text_stays_inside_the_picture(host, name):
+    """Every line of text on a template card (heading, description, labels, prompts, the PnP chain at the foot)
+    lies inside the area it was given, within 2 px (a glyph's side bearing), and every area inside the card's
+    margins: nothing runs off the picture's edge, the frontends' card shows all of it."""
+    import nodes
+
+    spec = next(spec for spec in SPECS if spec["name"] == name)
+    types = dict.fromkeys(n["type"] for n in spec["nodes"] if n["type"].startswith("PnP_"))
+    chain = [nodes.NODE_CLASS_MAPPINGS[t].GET_SCHEMA().display_name.split(" (")[0] for t in types]
+    drawn = template_cards.draw_card(spec, spec["order"], chain, WORKFLOWS)
+    width, height = template_cards.SIZE
+    margin = template_cards.MARGIN
+    assert drawn.lines
+    for text, (left, top, right, bottom), area in drawn.lines:
+        assert area[0] >= margin and area[2] <= width - margin and area[1] >= 0 and area[3] <= height, (text, area)
+        assert left >= area[0] - 2 and top >= area[1] - 2 and right <= area[2] + 2 and bottom <= area[3] + 2, \
+            (text, (left, top, right, bottom), area)
+    assert any(spec["title"] in text or text.endswith("…") for text, _, _ in drawn.lines)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_file_saves_a_readable_view_of_its_top_left_corner(name):
+    """extra.ds, the view frontend 1.27 restores on opening a file or template (and web/pnp_template_view.js for the
+    pack's templates in 1.49 and 1.58), is ``workflow_specs.saved_view`` of the file's nodes: at READABLE_ZOOM or
+    more, so the canvas draws node text (the browser test measures it in each frontend)."""
+    import browser
+
+    ui = _ui(name)
+    boxes = {node["id"]: (*node["pos"], *node["size"]) for node in ui["nodes"]}
+    expected = workflow_specs.saved_view(boxes, workflow_specs.TITLE_HEIGHT, browser.SCREEN_CHROME)
+    saved = ui["extra"]["ds"]
+    assert saved["scale"] == pytest.approx(expected["scale"], rel=1e-6), (saved, expected)
+    assert saved["offset"] == pytest.approx(expected["offset"], abs=1e-3), (saved, expected)
+    assert workflow_specs.READABLE_ZOOM <= saved["scale"] <= 1
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_no_node_comes_near_another(name):
     """Boxes with their title bars: no two nodes closer than workflow_specs.GAP above each other in a column,
     none overlapping side by side (the browser test checks the same after a run with previews on)."""

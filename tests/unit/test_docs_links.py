@@ -19,9 +19,23 @@ README_MAX_LINES = 250
 
 def doc_files() -> list[Path]:
     files = [ROOT / "README.md", ROOT / "COMPATIBILITY.md", ROOT / "tests" / "README.md"]
-    for folder in ("docs", "web/docs", "bench"):
+    for folder in ("docs", "bench"):
         files += sorted((ROOT / folder).glob("*.md"))
-    return [f for f in files if f.is_file()]
+    return [f for f in files + help_pages() if f.is_file()]
+
+
+HELP_DOCS = ROOT / "web" / "docs"
+
+
+def help_pages() -> list[Path]:
+    """The nodes' help pages, web/docs/<node id>/<locale>.md."""
+    return sorted(HELP_DOCS.glob("*/*.md"))
+
+
+def link_base(source: Path) -> Path:
+    """The folder a file's relative links resolve against: the frontends resolve a help page's links against
+    docs/ (where its pictures are), not against the page's own <node id>/ folder."""
+    return HELP_DOCS if source.parent.parent == HELP_DOCS else source.parent
 
 
 FENCE = re.compile(r"^\s*(```|~~~)")
@@ -97,7 +111,7 @@ def check_link(source: Path, target: str) -> str | None:
     path = unquote(parts.path)
     if path.startswith("/"):
         return f"absolute path {target!r}: link relative to the file"
-    resolved = (source.parent / path).resolve() if path else source
+    resolved = (link_base(source) / path).resolve() if path else source
     if not resolved.is_relative_to(ROOT):
         return f"{target!r} leaves the repository"
     if not resolved.exists():
@@ -116,14 +130,14 @@ def test_every_link_and_picture_resolves(doc):
     assert not problems, f"{doc.relative_to(ROOT)}:\n" + "\n".join(problems)
 
 
-@pytest.mark.parametrize("doc", sorted((ROOT / "web" / "docs").glob("*.md")), ids=lambda p: p.name)
+@pytest.mark.parametrize("doc", help_pages(), ids=lambda p: p.parent.name)
 def test_help_pages_link_only_to_what_comfyui_serves(doc):
     """ComfyUI serves web/ at /extensions/<pack>/; the frontend shows a help page there, so a link out of
     web/ (to the README or docs/) would not open."""
     web = ROOT / "web"
     outside = [target for _, target in links(doc)
                if not urlsplit(target).scheme and urlsplit(target).path
-               and not (doc.parent / unquote(urlsplit(target).path)).resolve().is_relative_to(web)]
+               and not (link_base(doc) / unquote(urlsplit(target).path)).resolve().is_relative_to(web)]
     assert not outside, f"{doc.name} links out of web/: {outside}"
 
 
@@ -134,7 +148,7 @@ def test_readme_is_a_front_page():
 
 def test_the_documentation_is_found():
     names = {str(p.relative_to(ROOT)) for p in doc_files()}
-    assert {"README.md", "tests/README.md", "bench/README.md", "web/docs/PnP_Sampler.md"} <= names
+    assert {"README.md", "tests/README.md", "bench/README.md", "web/docs/PnP_Sampler/en.md"} <= names
     assert any(name.startswith("docs/") for name in names)
 
 

@@ -41,7 +41,7 @@ def host(tmp_path_factory):
         pytest.fail(str(exc), pytrace=False)
 
 
-# Loaded layouts that take gigabytes: loading one first drops every other cached layout.
+# Layouts that take gigabytes: loading (or building) one first drops every other cached layout.
 BIG_LAYOUTS = frozenset({"sdxl_reduced"})
 # Kept from one test module to the next (most modules use it; a reload takes seconds).
 SHARED_LAYOUT = "sd15_reduced"
@@ -75,8 +75,11 @@ class ModelCache:
         _MODEL_CACHES.append(self)
 
     def checkpoint(self, layout: str) -> str:
+        """The layout's checkpoint file name, built first if missing (a big one with nothing else loaded)."""
         import checkpoints
 
+        if layout in BIG_LAYOUTS and not (self.host.checkpoint_dir / checkpoints.checkpoint_name(layout)).exists():
+            self.evict()
         return checkpoints.ensure_checkpoint(layout, self.host.checkpoint_dir)
 
     def load(self, layout: str):

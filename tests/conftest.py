@@ -3,15 +3,15 @@
 Memory: the CI runs one pytest process per ComfyUI host side by side on a 24 GB machine, each to stay under
 6 GB resident. A loaded ``sdxl_reduced`` holds 2.7 GB (fp32 UNet, fp16 CLIP-L + CLIP-G) and needs 2 GB more
 while it loads (the file's state dict). So ``ModelCache`` drops every other loaded layout before it loads a
-big one, and when a test module ends every layout but the shared ``sd15_reduced`` (freed: unreferenced
-models, cyclic garbage, glibc's free heap). The run's peak resident memory is printed at the end.
+big one, and when a test module ends every layout but the shared ``sd15_reduced``; the copies a test's prompts
+loaded in ComfyUI's executor are freed when the test ends (freed: unreferenced models, cyclic garbage, glibc's
+free heap). The run's peak resident memory is printed at the end.
 """
 from __future__ import annotations
 
 import ctypes
 import gc
 import os
-import resource
 import sys
 from pathlib import Path
 
@@ -102,7 +102,9 @@ class ModelCache:
 
 @pytest.fixture(scope="session")
 def models(host):
-    return ModelCache(host)
+    cache = ModelCache(host)
+    yield cache
+    cache.evict()  # before interpreter shutdown, where ComfyUI's ModelPatcher.__del__ fails on half-torn modules
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -115,27 +117,41 @@ def _release_models_after_module():
         release_memory()
 
 
+@pytest.fixture(autouse=True)
+def _release_prompt_models():
+    """A prompt run through ComfyUI's executor loads its own copy of the checkpoint, which reference cycles keep
+    alive after the test (0.7 GiB for sd15_reduced): collected as soon as the test ends."""
+    runs = comfy_host.prompts_run
+    yield
+    if comfy_host.prompts_run != runs:
+        release_memory()
+
+
 @pytest.fixture
 def no_cached_models(models):
     """For a test that loads a big checkpoint itself (through ComfyUI's executor): no other loaded copy beside
-    it, and its own copy freed when it ends."""
+    it (its own copy is freed when it ends, by ``_release_prompt_models``)."""
     models.evict()
-    yield
-    release_memory()
 
 
-def peak_resident_bytes() -> tuple[int, int]:
+def peak_resident_bytes() -> tuple[int, int] | None:
     """(this process's peak resident memory; the largest peak among its finished child processes and their
-    own waited-for children), in bytes (``ru_maxrss``: VmHWM on Linux)."""
+    own waited-for children), in bytes (``ru_maxrss``: VmHWM on Linux); None where not measurable."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
     unit = 1 if sys.platform == "darwin" else 1024
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit,
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit)
 
 
 def pytest_terminal_summary(terminalreporter):
-    own, children = peak_resident_bytes()
-    terminalreporter.write_line(f"peak resident memory: {own / 2**30:.2f} GiB this pytest process, "
-                                f"{children / 2**30:.2f} GiB its largest child process")
+    peaks = peak_resident_bytes()
+    if peaks is not None:
+        own, children = peaks
+        terminalreporter.write_line(f"peak resident memory: {own / 2**30:.2f} GiB this pytest process, "
+                                    f"{children / 2**30:.2f} GiB its largest child process")
 
 
 @pytest.fixture(scope="session")

@@ -153,9 +153,15 @@ def validate(prompt: dict):
     return asyncio.run(execution.validate_prompt(str(uuid.uuid4()), prompt, None))
 
 
+# Prompts run so far (conftest frees what a test's prompts loaded as soon as the test ends).
+prompts_run = 0
+
+
 def run_prompt(prompt: dict, executor=None) -> PromptResult:
     """Validate and execute an API-format prompt through ComfyUI's own executor."""
+    global prompts_run
 
+    prompts_run += 1
     valid = validate(prompt)
     if not valid[0]:
         raise AssertionError(f"prompt failed validation: {valid[1]} {valid[3]}")

@@ -71,7 +71,9 @@ def build_vision_model(kind: str, path: Path) -> Path:
                 param.normal_(0.0, 0.02)
             elif name.endswith("lambda1"):
                 param.fill_(DINO_LAYER_SCALE)
+    model.half()  # in place, one tensor at a time: no fp32 and fp16 copy of ViT-H side by side while saving
     sd = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    del model
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file(sd, str(tmp))

@@ -79,7 +79,7 @@ def test_random_sdxl_checkpoint_loads_as_sdxl_with_sdxl_decoder(host, models):
         common.resolve_layers(facts, "1", "6")
 
 
-def test_every_pnp_node_runs_on_sdxl_through_the_executor(host, models):
+def test_every_pnp_node_runs_on_sdxl_through_the_executor(host, models, no_cached_models):
     from PIL import Image
 
     prompt, refs = translation_prompt(models.checkpoint("sdxl_reduced"), input_image("sdxl_guidance.png", size=64),

@@ -6,6 +6,7 @@ pack, one error line says which version is needed and no node is registered.
 from __future__ import annotations
 
 import logging
+import os
 
 from .pnp_hooks.host_api import host_problem
 
@@ -23,6 +24,7 @@ else:
 
     from .nodes import NODES
     from .nodes.files import register_bank_folder
+    from .nodes.help_pages import serve_english_help_for_every_locale
 
     class PnPExtension(ComfyExtension):
         async def get_node_list(self) -> list[type[io.ComfyNode]]:
@@ -30,4 +32,5 @@ else:
 
     async def comfy_entrypoint() -> PnPExtension:
         register_bank_folder()  # models/pnp_banks, listed by PnP Load Feature Bank
+        serve_english_help_for_every_locale(os.path.basename(os.path.dirname(os.path.abspath(__file__))))
         return PnPExtension()

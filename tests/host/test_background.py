@@ -2,7 +2,6 @@
 Mask) around a whole PnP translation through ComfyUI's executor, and refused input at queue time."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -10,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from comfy_host import run_prompt, validate
-from harness import guidance_pixels, input_image, run_node, translation_prompt
+from comfy_host import run_prompt
+from harness import executed_nodes, guidance_pixels, input_image, run_node, translation_prompt
 
 SIZE = 64
 STEPS = 4
@@ -67,10 +66,14 @@ def test_the_nodes_do_what_the_notes_do_on_a_load_image_mask(host, models):
     assert float((only - pixels).abs().max()) < 1e-6
 
 
-def test_a_non_finite_factor_is_refused_at_queue_time_and_factor_zero_cannot_be_restored(models):
-    prompt, _, weakened = _weakened_prompt(models, factor=math.nan)
-    valid, _, _, node_errors = validate(prompt.api)
-    assert not valid and "factor is nan" in json.dumps(node_errors[weakened.node_id])
+def test_a_non_finite_factor_is_refused_before_the_inversion_and_factor_zero_cannot_be_restored(models):
+    """NaN passes ComfyUI's min/max check (JSON prompts can carry it); PnP Weaken Background, upstream of the
+    inversion, refuses it when it runs."""
+    prompt, refs, weakened = _weakened_prompt(models, factor=math.nan)
+    result = run_prompt(prompt.api)
+    error = result.error()
+    assert error["node_id"] == weakened.node_id and "factor is nan" in error["exception_message"], error
+    assert refs["inversion"].node_id not in executed_nodes(result)
     prompt, refs, weakened = _weakened_prompt(models, factor=0.0)
     result = run_prompt(prompt.api)
     assert not result.success and "background was deleted" in result.error()["exception_message"]

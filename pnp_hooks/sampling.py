@@ -25,7 +25,7 @@ import comfy.utils
 import latent_preview
 from comfy.k_diffusion.sampling import to_d, trange
 
-from . import batching, live_source, patcher
+from . import batching, families, live_source, patcher
 from .bank import (ON_THE_FLY, SOURCE_CFG, SOURCE_SINGLE, STORED, FeatureBank, Trajectory, TrajectoryBatch,
                    check_model, check_one_frame)
 from .errors import PnPInputError
@@ -78,18 +78,19 @@ def _disable_pbar() -> bool:
 
 
 @torch.no_grad()
-def _official_ddim_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, keep=None, kept=None):
+def _official_ddim_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, keep=None, kept=None,
+                             vp_scale=None):
     """Official DDIM inversion in sigma space; ``sigmas`` ascend from sigma(t=0).
 
     The clean latent is taken as z0 at alpha_bar(0) (SD schedulers do not set it
     to one). Each step evaluates eps on the current latent (the model call uses
     the current sigma; a wrapper labels the UNet with the next timestep) and
     moves to the next sigma. ``kept[t]`` receives x after landing on the sigma
-    index ``i`` with ``keep[i] = t``.
+    index ``i`` with ``keep[i] = t``. ``vp_scale``: the family's factor from its latent to sampling space.
     """
     extra_args = {} if extra_args is None else extra_args
     s_in = x.new_ones([x.shape[0]])
-    x = x * (1.0 + sigmas[0] ** 2) ** 0.5
+    x = x * vp_scale(sigmas[0])
     for i in trange(len(sigmas) - 1, disable=disable):
         comfy.model_management.throw_exception_if_processing_interrupted()
         denoised = model(x, sigmas[i] * s_in, **extra_args)
@@ -132,7 +133,8 @@ def _invert_one(model, facts: patcher.ModelFacts, samples: torch.Tensor, conditi
     guider = comfy.samplers.CFGGuider(relabelled)
     guider.set_conds(conditioning, [])
     guider.set_cfg(1.0)
-    sampler = comfy.samplers.KSAMPLER(_official_ddim_inversion, extra_options={"keep": keep, "kept": kept})
+    options = {"keep": keep, "kept": kept, "vp_scale": facts.family.vp_scale}
+    sampler = comfy.samplers.KSAMPLER(_official_ddim_inversion, extra_options=options)
     guider.sample(torch.zeros_like(samples), samples, sampler, facts.sigmas_at(levels),
                   callback=_progress(relabelled, len(inversion_ts), progress), disable_pbar=_disable_pbar(), seed=0)
     latents = torch.cat([kept[t] for t in sampling_ts])
@@ -265,7 +267,7 @@ def generate_guidance(model, positive, negative, samples: torch.Tensor, seed: in
     clone = patcher.with_pnp_sites(model, recorder, step_sigmas)
     sigmas = torch.cat([step_sigmas, step_sigmas.new_zeros(1)])
     noise = comfy.sample.prepare_noise(samples, seed)
-    x_T = facts.latent_format.process_out(noise * (1.0 + sigmas[0] ** 2) ** 0.5)
+    x_T = facts.latent_format.process_out(noise * facts.family.vp_scale(sigmas[0]))
     trajectory_x: dict[int, torch.Tensor] = {}
     progress = _progress(clone, steps)
 
@@ -283,7 +285,7 @@ def generate_guidance(model, positive, negative, samples: torch.Tensor, seed: in
     resblock, attention = recorder.build()
     bank = FeatureBank(trajectory, sites, branches, feature_steps, attention_steps,
                        StoredSource(resblock, attention, branches), storage_dtype, source_conditioning=positive)
-    return bank, final.float().cpu() / (1.0 + sigmas[-1] ** 2) ** 0.5
+    return bank, final.float().cpu() / facts.family.vp_scale(sigmas[-1])
 
 
 @dataclass(frozen=True)
@@ -362,7 +364,7 @@ def start_latent(model, bank: FeatureBank, start: str, seed: int) -> torch.Tenso
     facts = patcher.model_facts(model)
     sigma_T = facts.sigmas_at([bank.trajectory.timesteps[0]])[0]
     noise = comfy.sample.prepare_noise(x_T, seed)
-    return facts.latent_format.process_out(noise * (1.0 + sigma_T ** 2) ** 0.5)
+    return facts.latent_format.process_out(noise * facts.family.vp_scale(sigma_T))
 
 
 def translate(model, guidance: Guidance, bank: FeatureBank, final_step: str, start: str = INVERTED,
@@ -401,4 +403,4 @@ def _translate_frame(model, guidance: Guidance, bank: FeatureBank, frame: int, s
                         seed=0)
     # Official: the last DDIM step lands on alpha_bar(0) and returns z = sqrt(alpha_bar(0)) * x.
     final_sigma = float(sigmas[-1])
-    return out.float().cpu() / (1.0 + final_sigma ** 2) ** 0.5
+    return out.float().cpu() / families.family_of(model).vp_scale(final_sigma)

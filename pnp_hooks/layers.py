@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from . import indices
+from . import families, indices
 from .errors import PnPInputError
 from .families import unet
 
@@ -150,6 +150,8 @@ def parse_site(spec: str, attention: bool) -> tuple[int, int]:
 
 
 def first_default_site(family: str, attention: bool) -> tuple[int, int]:
-    """The first site of the family's default ResBlock or attention spec, as (block, transformer)."""
-    (block, _), (transformer, _) = _parse(DEFAULTS[family][1 if attention else 0], "default layers", True)[0]
+    """The first site of the default ResBlock or attention spec of ``family`` (a variant, e.g. "SD15"), as
+    (block, transformer)."""
+    defaults = families.family_named(family).DEFAULTS[family]
+    (block, _), (transformer, _) = _parse(defaults[1 if attention else 0], "default layers", True)[0]
     return block, transformer

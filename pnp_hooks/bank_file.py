@@ -40,7 +40,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .bank import BANK_MODES, ON_THE_FLY, SOURCE_CFG, SOURCE_SINGLE, STORED, FeatureBank, ModelIdentity, Trajectory
+from .bank import (BANK_MODES, ON_THE_FLY, SOURCE_CFG, SOURCE_SINGLE, STORED, FeatureBank, ModelIdentity, Trajectory,
+                   pixel_size)
 from .errors import PnPInputError, named_for_users
 from .indices import excerpt
 from .layers import LayerSites, UNetLayout, bank_shapes
@@ -348,9 +349,8 @@ def compatibility_problems(meta: dict, specs: dict[str, tuple[str, list[int]]], 
     problems = [f"{what}: {mine} in the file, {theirs} in the MODEL connected"
                 for what, mine, theirs in identity_of(meta).differences(identity)]
     if latent_shape is not None and list(latent_shape) != list(meta["latent_shape"]):
-        c, h, w = meta["latent_shape"]
-        problems.append(f"latent size: {w * 8}x{h * 8} px {meta['latent_shape']} in the file, "
-                        f"{latent_shape[-1] * 8}x{latent_shape[-2] * 8} px {list(latent_shape)} connected")
+        problems.append(f"latent size: {pixel_size(meta['latent_shape'])} {meta['latent_shape']} in the file, "
+                        f"{pixel_size(latent_shape)} {list(latent_shape)} connected")
     if layout is not None and meta["mode"] == STORED and not problems:
         problems += _site_problems(meta, specs, layout)
     return problems

@@ -289,10 +289,10 @@ def generate_guidance(model, positive, negative, samples: torch.Tensor, seed: in
 
 
 @dataclass(frozen=True)
-class Guidance:
-    """What PnP Sampler and PnP Guider inject with, for any bank: prompts, CFG, thresholds, strength, the paper's
-    negative prompt and its per-step weights, and the mask's weight maps (1 or frames, H, W): one for every
-    frame, or one per frame."""
+class Target:
+    """What PnP Sampler and PnP Guider translate to, for any bank (the guidance image is the bank's): the target
+    prompts, CFG, thresholds, strength, the paper's negative prompt and its per-step weights, and the mask's
+    weight maps (1 or frames, H, W): one for every frame, or one per frame."""
 
     positive: list
     negative: list
@@ -309,11 +309,11 @@ class Guidance:
         return self.masks[frame:frame + 1]
 
 
-def pnp_guider(model, guidance: Guidance, bank: FeatureBank, frame: int = 0) -> comfy.samplers.CFGGuider:
+def pnp_guider(model, target: Target, bank: FeatureBank, frame: int = 0) -> comfy.samplers.CFGGuider:
     """ComfyUI's own CFGGuider on a clone that injects ``bank`` (of one image; ``frame``: which mask of
-    ``guidance`` is its) below the thresholds of ``guidance.plan``.
+    ``target`` is its) below the thresholds of ``target.plan``.
 
-    With ``guidance.paper_negative`` (the original paper's negative prompt, with
+    With ``target.paper_negative`` (the original paper's negative prompt, with
     its per-step ``negative_alphas``) the guider carries it as one more
     conditioning; a live bank's source prompt likewise. Every pre/post-CFG
     hook on the model keeps working: the guider is not subclassed.
@@ -321,17 +321,17 @@ def pnp_guider(model, guidance: Guidance, bank: FeatureBank, frame: int = 0) -> 
     check_one_frame(bank, "PnP Guider")
     facts = patcher.model_facts(model)
     check_model(bank.trajectory.model, facts.identity, "feature bank")
-    injector = Injector(bank.sites, bank.source, guidance.plan, (bank.feature_steps, bank.attention_steps),
-                        guidance.strength, guidance.mask_of(frame))
+    injector = Injector(bank.sites, bank.source, target.plan, (bank.feature_steps, bank.attention_steps),
+                        target.strength, target.mask_of(frame))
     step_sigmas = facts.sigmas_at(list(bank.trajectory.timesteps))
-    paper_negative = guidance.paper_negative
-    clone = patcher.with_pnp_sites(model, injector, step_sigmas, guidance.negative_alphas if paper_negative else None)
+    paper_negative = target.paper_negative
+    clone = patcher.with_pnp_sites(model, injector, step_sigmas, target.negative_alphas if paper_negative else None)
     guider = comfy.samplers.CFGGuider(clone)
-    conds = {"positive": guidance.positive, "negative": guidance.negative, **bank.source.guider_conds()}
+    conds = {"positive": target.positive, "negative": target.negative, **bank.source.guider_conds()}
     if paper_negative is not None:
         conds[patcher.NEGATIVE_COND] = paper_negative
     guider.inner_set_conds(conds)
-    guider.set_cfg(guidance.cfg)
+    guider.set_cfg(target.cfg)
     return guider
 
 
@@ -367,10 +367,10 @@ def start_latent(model, bank: FeatureBank, start: str, seed: int) -> torch.Tenso
     return facts.latent_format.process_out(noise * facts.family.vp_scale(sigma_T))
 
 
-def translate(model, guidance: Guidance, bank: FeatureBank, final_step: str, start: str = INVERTED,
+def translate(model, target: Target, bank: FeatureBank, final_step: str, start: str = INVERTED,
               seed: int = 0, progress: tuple[int, int] | None = None) -> torch.Tensor:
     """PnP sampling of every frame of ``bank``: DDIM (ComfyUI's Euler) on the bank's timesteps from
-    ``start_latent``, injecting with ``guidance``. Returns (frames, C, H, W).
+    ``start_latent``, injecting with ``target``. Returns (frames, C, H, W).
 
     Frames run one after another, each with its own bank and guider exactly as
     a single image (the same seed for every frame's random start). A bank
@@ -386,15 +386,15 @@ def translate(model, guidance: Guidance, bank: FeatureBank, final_step: str, sta
     for frame in range(bank.frames):
         comfy.model_management.throw_exception_if_processing_interrupted()
         frame_progress = None if progress is None and bank.frames == 1 else (done + frame * per_frame, overall)
-        out.append(_translate_frame(model, guidance, bank, frame, sigmas, start, seed, recording, frame_progress))
+        out.append(_translate_frame(model, target, bank, frame, sigmas, start, seed, recording, frame_progress))
     return torch.cat(out)
 
 
-def _translate_frame(model, guidance: Guidance, bank: FeatureBank, frame: int, sigmas: torch.Tensor, start: str,
+def _translate_frame(model, target: Target, bank: FeatureBank, frame: int, sigmas: torch.Tensor, start: str,
                      seed: int, recording: int, progress: tuple[int, int] | None) -> torch.Tensor:
     """One frame of ``translate`` (its bank and guider go when it returns: one frame's tensors at a time)."""
     frame_bank = bank.frame(frame, progress=progress) if recording else bank.frame(frame)
-    guider = pnp_guider(model, guidance, frame_bank, frame)
+    guider = pnp_guider(model, target, frame_bank, frame)
     x_T = start_latent(model, frame_bank, start, seed)
     if progress is not None:
         progress = (progress[0] + recording, progress[1])

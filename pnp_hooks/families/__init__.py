@@ -10,8 +10,9 @@ asks the family of a MODEL (``family_of``) or of a recorded identity
 (``family_named``) and never names a model's modules itself.
 
 What a family module provides (see ``unet`` for the reference):
-- ``VARIANTS``: ComfyUI model_config class name -> name shown to users;
-  ``DEFAULTS``: variant -> the paper's default layer specs;
+- ``NAME`` (bank files record it) and ``SITE_KINDS``; ``VARIANTS``: ComfyUI
+  model_config class name -> name shown to users; ``DEFAULTS``: variant ->
+  the paper's default layer specs;
 - ``check(model) -> (prediction, layout, sigmas)``: refuses a model of the
   family PnP cannot run (raises ``PnPInputError`` naming what to change);
   ``layout_of(diffusion_model)``; ``FINGERPRINT_KEYS``: base weights that

@@ -27,6 +27,9 @@ import torch
 
 from ..errors import PnPInputError
 
+# The family's name in bank files, and the kinds of site it has (each kind's tensors are named "{kind}.{site}").
+NAME = "unet"
+SITE_KINDS = ("resblock", "attention")
 # ComfyUI model_config class -> the name users know.
 VARIANTS = {"SD15": "SD 1.x", "SD20": "SD 2.x", "SDXL": "SDXL"}
 # The paper's choice for the SD 1.x/2.x UNet (12 decoder blocks).

@@ -55,6 +55,8 @@ class ToyNet(torch.nn.Module):
 class ToyFamily:
     """The toy's family: what every family module provides (see pnp_hooks/families/__init__.py)."""
 
+    NAME = "toy"
+    SITE_KINDS = ("attention",)
     VARIANTS = {"ToyConfig": "Toy"}
     DEFAULTS = {"ToyConfig": ("", "0")}
     FINGERPRINT_KEYS = ("diffusion_model.to_q.weight", "diffusion_model.conv_out.weight")

@@ -5,7 +5,7 @@ from comfy_api.v0_0_2 import io
 
 from ..pnp_hooks import background
 from .common import check_inputs
-from .types import INSPECT_CATEGORY, pnp_schema
+from .types import IMAGE_CATEGORY, pnp_schema
 
 
 def _weaken_inputs() -> list:
@@ -31,7 +31,7 @@ class PnPWeakenBackground(io.ComfyNode):
         return pnp_schema(
             node_id="PnP_WeakenBackground",
             display_name="PnP Weaken Background",
-            category=INSPECT_CATEGORY,
+            category=IMAGE_CATEGORY,
             description=(
                 "A user's improvement of PnP (SAM background weakening): darkens the guidance image outside the "
                 "subject mask before VAE Encode, so the inversion and the bank carry less of the background's "
@@ -60,7 +60,7 @@ class PnPRestoreBrightness(io.ComfyNode):
         return pnp_schema(
             node_id="PnP_RestoreBrightness",
             display_name="PnP Restore Brightness",
-            category=INSPECT_CATEGORY,
+            category=IMAGE_CATEGORY,
             description=(
                 "After VAE Decode, brightens a translation of a background-weakened guidance image (PnP Weaken "
                 "Background): the inverted noise keeps the darker background, so the result is dark there. As "

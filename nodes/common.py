@@ -18,7 +18,7 @@ from comfy_api.v0_0_2 import io
 from ..pnp_hooks.bank import STORAGE_DTYPES
 from ..pnp_hooks.errors import PnPInputError, require_finite
 from ..pnp_hooks.indices import excerpt
-from ..pnp_hooks.layers import DEFAULTS, LayerSites, check_spec, resolve_sites
+from ..pnp_hooks.layers import LayerSites, check_spec, resolve_sites
 from ..pnp_hooks.patcher import ModelFacts
 
 
@@ -45,7 +45,7 @@ def layer_inputs() -> list:
 
 
 def resolve_layers(facts: ModelFacts, resblock_layers: str, attention_layers: str) -> LayerSites:
-    default_res, default_attn = DEFAULTS[facts.identity.family]
+    default_res, default_attn = facts.family.DEFAULTS[facts.identity.family]
     res = default_res if resblock_layers.strip().lower() == "auto" else resblock_layers
     attn = default_attn if attention_layers.strip().lower() == "auto" else attention_layers
     return resolve_sites(res, attn, facts.layout)

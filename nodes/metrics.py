@@ -7,7 +7,7 @@ from ..pnp_hooks import metrics, scoring, sweep
 from ..pnp_hooks.schedule import THRESHOLD_CONVENTIONS
 from ..pnp_hooks.sampling import FINAL_STEPS
 from .common import check_inputs, queue_time_check
-from .types import CATEGORY, INSPECT_CATEGORY, PnPFeatures, pnp_schema
+from .types import CATEGORY, IMAGE_CATEGORY, PnPFeatures, pnp_schema
 
 CROPS = {"center": True, "none": False}
 
@@ -24,7 +24,7 @@ class PnPStructureScore(io.ComfyNode):
         return pnp_schema(
             node_id="PnP_StructureScore",
             display_name="PnP Structure Score",
-            category=INSPECT_CATEGORY,
+            category=IMAGE_CATEGORY,
             description=(
                 "The paper's structure score (Splice's self-similarity distance): the cosine self-similarity of "
                 "the vision model's last-layer keys over all tokens, of the guidance image and of each image; the "
@@ -65,7 +65,7 @@ class PnPTextScore(io.ComfyNode):
         return pnp_schema(
             node_id="PnP_TextScore",
             display_name="PnP Text Score",
-            category=INSPECT_CATEGORY,
+            category=IMAGE_CATEGORY,
             description=(
                 "The paper's text fidelity: cosine similarity of each image's CLIP image embedding and the "
                 "prompt's CLIP text embedding, in the same joint space. Higher follows the prompt more."),

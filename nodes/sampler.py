@@ -103,9 +103,9 @@ def _check_before_the_bank(inputs: list, values: dict) -> list[str]:
     return ["features"]
 
 
-def _guidance(features, positive, negative, cfg, feature_injection, attention_injection, threshold_convention,
+def _target(features, positive, negative, cfg, feature_injection, attention_injection, threshold_convention,
               negative_prompt, negative_alpha, negative_schedule, mask, injection_strength,
-              outside_mask_strength) -> sampling.Guidance:
+              outside_mask_strength) -> sampling.Target:
     """The injection plan, negative-prompt weights and mask weight maps the inputs ask for."""
     plan = InjectionPlan.from_thresholds(features.steps, feature_injection, attention_injection,
                                          threshold_convention)
@@ -116,7 +116,7 @@ def _guidance(features, positive, negative, cfg, feature_injection, attention_in
     if mask is not None:
         weights = injection_weight_map(mask, features.trajectory.latent_shape, outside_mask_strength,
                                        features.frames)
-    return sampling.Guidance(positive, negative, cfg, plan, injection_strength, weights, negative_prompt, alphas)
+    return sampling.Target(positive, negative, cfg, plan, injection_strength, weights, negative_prompt, alphas)
 
 
 class PnPSampler(io.ComfyNode):
@@ -146,10 +146,10 @@ class PnPSampler(io.ComfyNode):
                 start=sampling.INVERTED, start_seed=0) -> io.NodeOutput:
         check_inputs(_sampler_inputs(), locals())  # locals(): the inputs, by name
         check_steps(features.steps, steps, "feature bank")
-        guidance = _guidance(features, positive, negative, cfg, feature_injection, attention_injection,
+        target = _target(features, positive, negative, cfg, feature_injection, attention_injection,
                              threshold_convention, negative_prompt, negative_alpha, negative_schedule, mask,
                              injection_strength, outside_mask_strength)
-        samples = sampling.translate(model, guidance, features, final_step, start, start_seed)
+        samples = sampling.translate(model, target, features, final_step, start, start_seed)
         return io.NodeOutput({"samples": samples})
 
 
@@ -186,9 +186,9 @@ class PnPGuider(io.ComfyNode):
                 threshold_convention, negative_prompt=None, negative_alpha=1.0, negative_schedule="linear",
                 mask=None, injection_strength=1.0, outside_mask_strength=0.0) -> io.NodeOutput:
         check_inputs(_guider_inputs(), locals())  # locals(): the inputs, by name
-        guidance = _guidance(features, positive, negative, cfg, feature_injection, attention_injection,
+        target = _target(features, positive, negative, cfg, feature_injection, attention_injection,
                              threshold_convention, negative_prompt, negative_alpha, negative_schedule, mask,
                              injection_strength, outside_mask_strength)
-        guider = sampling.pnp_guider(model, guidance, features)
+        guider = sampling.pnp_guider(model, target, features)
         sigmas = sampling.bank_sigmas(model, features, "comfyui")
         return io.NodeOutput(guider, sigmas, {"samples": features.trajectory.x_T()})

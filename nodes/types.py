@@ -9,10 +9,11 @@ from comfy_api.v0_0_2 import io
 PnPInversion = io.Custom("PNP_INVERSION")
 PnPFeatures = io.Custom("PNP_FEATURES")
 
-# Node library folders: the nodes that run the UNet, the bank's files, the picture of what a bank holds.
+# Node library folders: the nodes that run the model, the bank's files, the image nodes (PCA pictures, scores,
+# the background preprocessing).
 CATEGORY = "sampling/plug-and-play"
 BANK_FILES_CATEGORY = "loaders/plug-and-play"
-INSPECT_CATEGORY = "image/plug-and-play"
+IMAGE_CATEGORY = "image/plug-and-play"
 
 # What people type to find the method (frontends from 1.49 search these; 1.27 searches names only).
 SEARCH_ALIASES = ("plug-and-play", "plug and play", "pnp diffusion features", "image-to-image translation",

@@ -7,7 +7,7 @@ from ..pnp_hooks import probe, visualize
 from ..pnp_hooks.errors import PnPInputError
 from ..pnp_hooks.indices import excerpt
 from ..pnp_hooks.layers import parse_site
-from .types import INSPECT_CATEGORY, PnPFeatures, pnp_schema
+from .types import IMAGE_CATEGORY, PnPFeatures, pnp_schema
 
 
 class PnPFeaturePCA(io.ComfyNode):
@@ -16,7 +16,7 @@ class PnPFeaturePCA(io.ComfyNode):
         return pnp_schema(
             node_id="PnP_FeaturePCA",
             display_name="PnP Feature PCA",
-            category=INSPECT_CATEGORY,
+            category=IMAGE_CATEGORY,
             description=(
                 "The paper's feature visualization (Figs. 2-3; the original's run_features_pca.py and "
                 "run_self_attn_pca.py): the first three principal components of one layer's tensors as RGB, one "

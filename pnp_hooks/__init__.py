@@ -1,11 +1,30 @@
 """Plug-and-Play diffusion features: maths and ComfyUI model patching.
 
-Pure-torch modules (no ComfyUI imports): ``schedule``, ``layers``, ``bank``,
-``injection``, ``bank_file`` (banks as safetensors files), ``visualize`` (PCA
-pictures), ``masks``, ``metrics`` (the paper's scores, the sweep's Pareto
-front), ``charts`` (the sweep's grid and plot). ``patcher`` is the only
-module that touches ComfyUI's ModelPatcher; ``sampling`` runs ComfyUI's samplers with the patched clone;
-``probe`` gathers one site's tensors for the PCA pictures; ``scoring``
-reads ComfyUI's vision models for the scores; ``sweep`` runs PnP sampling
-over a grid of thresholds.
+A map of the core, lowest layer first (a module imports only from the lines above its own):
+
+- Basics: ``errors`` (the user-fixable error type, the number check), ``indices``
+  (the grammar of typed index lists), ``host_api`` (the ComfyUI names the pack
+  uses, checked at start-up), ``batching`` (timesteps per source-pass call).
+- Model families: ``families`` (the registry and what a family provides),
+  ``families.unet`` (SD 1.x/2.x/SDXL: recognition and checks, decoder layout,
+  default sites, the modules a site lives in, the VP schedule factor). Nothing
+  else names a model's modules.
+- What users choose: ``schedule`` (timesteps, injection thresholds,
+  negative-prompt schedules), ``layers`` (layer specs read against a family's
+  layout), ``masks`` (a MASK as injection weights).
+- Values nodes pass along: ``bank`` (trajectory, feature bank, model identity),
+  ``injection`` (recording and injecting at the sites, per step and UNet call),
+  ``sources`` (stored tensors, frames), ``live_source`` (the on-the-fly source
+  pass), ``bank_file`` (banks as checked safetensors files).
+- Pictures and scores (pure): ``visualize`` (PCA pictures), ``metrics`` (the
+  paper's scores, the sweep's Pareto front), ``charts`` (the sweep's grid and
+  plot), ``background`` (background weakening with a subject mask).
+- Wired to ComfyUI: ``patcher`` (the only module that touches ModelPatcher:
+  model facts, patched clones), ``sampling`` (inversion, recording, PnP
+  sampling through ComfyUI's CFGGuider), ``probe`` (one site's tensors for the
+  PCA pictures), ``scoring`` (the scores on ComfyUI's vision models),
+  ``sweep`` (PnP sampling over a grid of thresholds).
+
+Everything above "Wired to ComfyUI" imports no ComfyUI module (tests/pure.py
+checks it).
 """

@@ -37,6 +37,14 @@ STORED, ON_THE_FLY = "stored", "on the fly"
 BANK_MODES = (STORED, ON_THE_FLY)
 # The storage precisions a bank is recorded in, by the name PnP Feature Bank offers (bank_dtype).
 STORAGE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+# The VAEs of every supported family map one latent cell to 8x8 pixels.
+LATENT_TO_PIXELS = 8
+
+
+def pixel_size(latent_shape: tuple[int, ...]) -> str:
+    """The image size of a latent (..., H, W), as "WxH px"."""
+    height, width = latent_shape[-2:]
+    return f"{width * LATENT_TO_PIXELS}x{height * LATENT_TO_PIXELS} px"
 
 
 @dataclass(frozen=True)
@@ -223,9 +231,8 @@ class FeatureBank:
                          str(self.storage_dtype).removeprefix("torch."))
             held = (f"{self.feature_steps} + {self.attention_steps} of {self.steps} steps, {self.sites.count} sites, "
                     f"{self.nbytes / 1e6:.1f} MB {dtype}")
-        _, height, width = self.trajectory.latent_shape
         return (f"{held}\n{self.sites.compact()}\n{self.trajectory.origin} guidance image, "
-                f"{width * 8}x{height * 8} px")
+                f"{pixel_size(self.trajectory.latent_shape)}")
 
     def describe(self) -> str:
         head = f"{self.trajectory.origin} source, {self.steps} steps, {self.sites.describe()}"

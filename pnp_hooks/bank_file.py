@@ -8,7 +8,9 @@ A bank file is a plain safetensors file:
   ``source.cross_attn`` (1, L, D) and ``source.{key}`` for other tensor entries
   of the conditioning (e.g. ``pooled_output``).
 - metadata (strings): ``format`` = ``FORMAT``; ``comfyui_pnp`` = JSON with
-  format_version, pack_version, model (family, prediction, weights
+  format_version, pack_version, the model family's name and site kinds
+  (format 2 on; a format-1 file is the UNet family's, with its two kinds),
+  model (variant as ``family``, prediction, weights
   fingerprint, schedule hash), latent_shape, timesteps, inversion_steps,
   origin, sites, branches, feature_steps, attention_steps, dtype, mode and the
   source prompt's non-tensor entries; ``content_sha256`` = SHA-256 of that
@@ -40,7 +42,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .bank import BANK_MODES, ON_THE_FLY, SOURCE_CFG, SOURCE_SINGLE, STORED, FeatureBank, ModelIdentity, Trajectory
+from .bank import (BANK_MODES, ON_THE_FLY, SOURCE_CFG, SOURCE_SINGLE, STORED, FeatureBank, ModelIdentity, Trajectory,
+                   pixel_size)
+from . import families
 from .errors import PnPInputError, named_for_users
 from .indices import excerpt
 from .layers import LayerSites, UNetLayout, bank_shapes
@@ -48,7 +52,9 @@ from .live_source import LiveSource
 from .sources import StoredSource
 
 FORMAT = "comfyui-pnp.feature-bank"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# What a format-1 file, which names neither, was written for.
+_FORMAT_1_FAMILY = {"family_name": "unet", "site_kinds": ["resblock", "attention"]}
 EXTENSION = ".safetensors"
 
 _DTYPE_CODES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
@@ -196,6 +202,7 @@ def bank_file_contents(bank: FeatureBank) -> tuple[dict[str, torch.Tensor], dict
     meta = {
         "format_version": FORMAT_VERSION,
         "pack_version": pack_version(),
+        **_family_fields(traj.model.family),
         "model": {"family": traj.model.family, "prediction": traj.model.prediction,
                   "fingerprint": traj.model.fingerprint, "schedule": traj.model.schedule},
         "latent_shape": list(traj.latent_shape),
@@ -213,6 +220,11 @@ def bank_file_contents(bank: FeatureBank) -> tuple[dict[str, torch.Tensor], dict
     meta_json = json.dumps(meta, sort_keys=True)
     metadata = {"format": FORMAT, "comfyui_pnp": meta_json, "content_sha256": _content_hash(meta_json, tensors)}
     return tensors, metadata
+
+
+def _family_fields(variant: str) -> dict:
+    family = families.family_named(variant)
+    return {"family_name": family.NAME, "site_kinds": list(family.SITE_KINDS)}
 
 
 def write_bank(bank: FeatureBank, path: Path, name: str) -> int:
@@ -270,6 +282,8 @@ def read_header(path: Path, name: str) -> tuple[dict, dict[str, tuple[str, list[
     if version > FORMAT_VERSION:
         raise _fail(name, f"it was written by a newer comfyui-pnp (bank format {version}); this pack reads format "
                           f"{FORMAT_VERSION}: update the pack")
+    if version == 1:
+        meta = {**meta, **_FORMAT_1_FAMILY}
     _check_layout(name, meta, specs)
     return meta, specs, info
 
@@ -294,9 +308,19 @@ def _is_int_list(values) -> bool:
     return isinstance(values, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
 
 
+def _family_ok(meta: dict) -> bool:
+    """The family name and site kinds are the ones the recorded variant's family has (any, for a variant no
+    family of this pack knows: the MODEL check names that difference)."""
+    try:
+        expected = _family_fields(meta["model"]["family"])
+    except KeyError:
+        return isinstance(meta["family_name"], str) and isinstance(meta["site_kinds"], list)
+    return {key: meta[key] for key in expected} == expected
+
+
 def _metadata_ok(meta: dict) -> bool:
     steps = len(meta["timesteps"])
-    return (meta["mode"] in BANK_MODES and meta["dtype"] in _STORAGE_DTYPES and steps > 0
+    return (_family_ok(meta) and meta["mode"] in BANK_MODES and meta["dtype"] in _STORAGE_DTYPES and steps > 0
             and _is_int_list(meta["timesteps"]) and tuple(meta["branches"]) in (SOURCE_SINGLE, SOURCE_CFG)
             and 0 <= meta["feature_steps"] <= steps and 0 <= meta["attention_steps"] <= steps
             and all(isinstance(meta["model"][k], str) for k in ("family", "prediction", "fingerprint", "schedule"))
@@ -348,9 +372,8 @@ def compatibility_problems(meta: dict, specs: dict[str, tuple[str, list[int]]], 
     problems = [f"{what}: {mine} in the file, {theirs} in the MODEL connected"
                 for what, mine, theirs in identity_of(meta).differences(identity)]
     if latent_shape is not None and list(latent_shape) != list(meta["latent_shape"]):
-        c, h, w = meta["latent_shape"]
-        problems.append(f"latent size: {w * 8}x{h * 8} px {meta['latent_shape']} in the file, "
-                        f"{latent_shape[-1] * 8}x{latent_shape[-2] * 8} px {list(latent_shape)} connected")
+        problems.append(f"latent size: {pixel_size(meta['latent_shape'])} {meta['latent_shape']} in the file, "
+                        f"{pixel_size(latent_shape)} {list(latent_shape)} connected")
     if layout is not None and meta["mode"] == STORED and not problems:
         problems += _site_problems(meta, specs, layout)
     return problems

@@ -1,12 +1,9 @@
-"""Which UNet decoder sites PnP injects, and the paper's defaults per model family.
+"""Which sites PnP injects: the layer specs users type, read against a family's layout.
 
-Sites are named in ComfyUI/LDM terms:
-- a ResBlock site ``b`` is the residual branch of ``output_blocks[b][0]``:
-  the output of its ``out_layers`` (after the second conv, before the skip
-  add), shape (B, C, h, w);
-- an attention site ``(b, j)`` is ``attn1`` (self-attention) of transformer
-  ``j`` of the SpatialTransformer ``output_blocks[b][1]``; its input hidden
-  states (after ``norm1``) have shape (B, h*w, C) and give q and k.
+Sites: a ResBlock site ``b`` (decoder block b) and an attention site
+``(b, j)`` (transformer j of decoder block b); what they are inside the
+model, their layout and the paper's defaults per variant are the family's
+(``families.unet``).
 
 Specs are strings a user types in a node: ``"4"``, ``"4-11"``, ``"1-5:0"``,
 ``"0:0-1, 3"`` (block or block range, optionally ``:transformer`` index or range;
@@ -17,69 +14,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from . import indices
+from . import families, indices
 from .errors import PnPInputError
+from .families import unet
 
-# The paper's choice for the SD 1.x/2.x UNet (12 decoder blocks).
-SD_DEFAULT_RESBLOCKS = "4"
-SD_DEFAULT_ATTENTION = "4-11"
-# SDXL (9 decoder blocks; transformers only in blocks 0-5): see docs/choosing-layers.md.
-SDXL_DEFAULT_RESBLOCKS = "1"
-SDXL_DEFAULT_ATTENTION = "1-5:0"
-
-DEFAULTS = {
-    "SD15": (SD_DEFAULT_RESBLOCKS, SD_DEFAULT_ATTENTION),
-    "SD20": (SD_DEFAULT_RESBLOCKS, SD_DEFAULT_ATTENTION),
-    "SDXL": (SDXL_DEFAULT_RESBLOCKS, SDXL_DEFAULT_ATTENTION),
-}
-
-
-@dataclass(frozen=True)
-class UNetLayout:
-    """Decoder structure, per output block ``b``: whether ``[0]`` is a ResBlock and its output channels,
-    the depth of the SpatialTransformer ``[1]`` and its attn1 width, and how many stride-2 downsamplings
-    lie between the latent and the block's resolution."""
-
-    has_resblock: tuple[bool, ...]
-    transformer_depth: tuple[int, ...]
-    resblock_channels: tuple[int, ...]
-    attention_channels: tuple[int, ...]
-    downsamplings: tuple[int, ...]
-
-    @property
-    def num_output_blocks(self) -> int:
-        return len(self.has_resblock)
-
-    def resolution(self, block: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
-        """(h, w) of output block ``block`` for a (H, W) latent (each downsampling: ceil(x / 2))."""
-        h, w = latent_hw
-        for _ in range(self.downsamplings[block]):
-            h, w = (h + 1) // 2, (w + 1) // 2
-        return h, w
-
-    def site_shape(self, kind: str, block: int, latent_hw: tuple[int, int]) -> tuple[int, ...]:
-        """Per-row shape at a site: ResBlock (C, h, w), attention (h*w, C)."""
-        h, w = self.resolution(block, latent_hw)
-        if kind == "resblock":
-            return self.resblock_channels[block], h, w
-        return h * w, self.attention_channels[block]
-
-
-def decoder_layout(unet) -> UNetLayout:
-    """The decoder structure of a ComfyUI ``UNetModel`` (openaimodel), read from its modules (any device, meta too)."""
-    downsamplings = sum(type(block[-1]).__name__ == "Downsample" for block in unet.input_blocks)
-    has_resblock, depth, resblock_channels, attention_channels, levels = [], [], [], [], []
-    for block in unet.output_blocks:
-        resblock = type(block[0]).__name__ == "ResBlock"
-        transformers = block[1].transformer_blocks if len(block) > 1 and hasattr(block[1], "transformer_blocks") else []
-        has_resblock.append(resblock)
-        depth.append(len(transformers))
-        resblock_channels.append(block[0].out_layers[-1].out_channels if resblock else 0)
-        attention_channels.append(transformers[0].attn1.to_q.in_features if len(transformers) else 0)
-        levels.append(downsamplings)
-        downsamplings -= type(block[-1]).__name__ == "Upsample"
-    return UNetLayout(tuple(has_resblock), tuple(depth), tuple(resblock_channels), tuple(attention_channels),
-                      tuple(levels))
+# The UNet family's layout and defaults, under the names the pack has always used.
+UNetLayout = unet.UNetLayout
+decoder_layout = unet.layout_of
+DEFAULTS = unet.DEFAULTS
+SD_DEFAULT_RESBLOCKS, SD_DEFAULT_ATTENTION = unet.SD_DEFAULT_RESBLOCKS, unet.SD_DEFAULT_ATTENTION
+SDXL_DEFAULT_RESBLOCKS, SDXL_DEFAULT_ATTENTION = unet.SDXL_DEFAULT_RESBLOCKS, unet.SDXL_DEFAULT_ATTENTION
 
 
 @dataclass(frozen=True)
@@ -206,6 +150,8 @@ def parse_site(spec: str, attention: bool) -> tuple[int, int]:
 
 
 def first_default_site(family: str, attention: bool) -> tuple[int, int]:
-    """The first site of the family's default ResBlock or attention spec, as (block, transformer)."""
-    (block, _), (transformer, _) = _parse(DEFAULTS[family][1 if attention else 0], "default layers", True)[0]
+    """The first site of the default ResBlock or attention spec of ``family`` (a variant, e.g. "SD15"), as
+    (block, transformer)."""
+    defaults = families.family_named(family).DEFAULTS[family]
+    (block, _), (transformer, _) = _parse(defaults[1 if attention else 0], "default layers", True)[0]
     return block, transformer

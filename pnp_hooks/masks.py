@@ -2,7 +2,7 @@
 
 A ComfyUI MASK is (B, H, W) (or (H, W)) in [0, 1]. PnP accepts one mask
 (batch 1; for a batch of guidance images, one for every frame or one per
-frame) at the guidance image's pixel size (latent size x 8 for SD 1.x/2.x)
+frame) at the guidance image's pixel size (latent size x ``bank.LATENT_TO_PIXELS``)
 or at its latent size. It becomes a weight map (B, H, W):
 ``w = outside + (1 - outside) * mask``, so the mask's inside injects fully and
 its outside with weight ``outside`` (0 = not at all). ``injection.Injector``
@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from .bank import LATENT_TO_PIXELS
 from .errors import PnPInputError
-
-# SD 1.x/2.x VAE: one latent pixel per 8x8 image pixels.
-VAE_SCALE = 8
 
 
 def check_mask_form(mask: torch.Tensor) -> torch.Tensor:
@@ -38,7 +36,7 @@ def injection_weight_map(mask: torch.Tensor, latent_shape: tuple[int, ...], outs
     """Check ``mask`` against the bank's latent (C, h, w) and ``frames`` guidance images and return the weight
     map (1 or frames, H, W), float32."""
     h, w = latent_shape[-2:]
-    image_hw = (h * VAE_SCALE, w * VAE_SCALE)
+    image_hw = (h * LATENT_TO_PIXELS, w * LATENT_TO_PIXELS)
     mask = check_mask_form(mask)
     if mask.shape[0] not in (1, frames):
         per_frame = f" or one per frame ({frames})" if frames > 1 else ""

@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -140,7 +139,3 @@ def format_table(scored: list[ScoredCell], with_strength: bool) -> str:
     lines = ["  ".join(v.rjust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines + ["structure_distance: lower keeps more of the guidance layout; text_score: higher "
                               "follows the prompt more; * = on the trade-off front."])
-
-
-def grid_shape(cells: int, columns: int) -> tuple[int, int]:
-    return math.ceil(cells / columns), columns

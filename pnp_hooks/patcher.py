@@ -1,8 +1,9 @@
 """The only module that touches ComfyUI's ModelPatcher.
 
 It reads model facts (family, prediction type, sigma table, latent format,
-decoder layout, a fingerprint of the base weights) and returns patched
-*clones*; the MODEL a node was given is never changed.
+decoder layout, a fingerprint of the base weights), asking the model's family
+(``families``) for everything family-specific, and returns patched *clones*;
+the MODEL a node was given is never changed.
 
 PnP patches on a clone, all under the key ``comfyui_pnp``:
 - a PREDICT_NOISE wrapper: once per sampling evaluation it finds the rows'
@@ -11,10 +12,12 @@ PnP patches on a clone, all under the key ``comfyui_pnp``:
   puts it, with the paper's negative-prompt weight of the step, in
   ``transformer_options`` for the UNet calls of that evaluation;
 - a DIFFUSION_MODEL wrapper: once per UNet call the context plans the call
-  from ``cond_or_uncond`` and, for that call only, ``output_blocks[b][0]
-  .out_layers`` (the ResBlock residual branch, before the skip add) is hooked.
+  from ``cond_or_uncond`` and, for that call only, the family's module of
+  each ResBlock site (``resblock_output``; in a UNet ``output_blocks[b][0]
+  .out_layers``, the residual branch before the skip add) is hooked.
   Hooks and plan are removed in ``finally``;
-- an ``attn1_patch``: at the attention sites it hands ``n`` (the attn1 input
+- an ``attn1_patch``: at the attention sites (the family's ``attention_site``
+  of the call) it hands ``n`` (the attn1 input
   after norm1, (rows, h*w, C)) to the call and returns the result as the
   q/k input, keeping the target's own ``n`` for v. Attention itself stays
   ComfyUI's optimized attention, and any attn1 replace patch another node put
@@ -27,20 +30,20 @@ PnP patches on a clone, all under the key ``comfyui_pnp``:
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from types import ModuleType
 
 import torch
 
 import comfy.model_management
-import comfy.model_sampling
 import comfy.samplers
 import comfy.utils
 from comfy.patcher_extension import WrappersMP
 
+from . import families
 from .bank import ModelIdentity
-from .errors import PnPInputError
-from .layers import UNetLayout, decoder_layout
+from .layers import UNetLayout
 from .schedule import steps_of_sigmas
 
 PATCH_KEY = "comfyui_pnp"
@@ -49,11 +52,6 @@ CALL_KEY = f"{PATCH_KEY}.call"
 # Key of the paper's negative prompt among the sampler guider's conditionings.
 NEGATIVE_COND = "pnp_negative"
 
-SUPPORTED_FAMILIES = {"SD15": "SD 1.x", "SD20": "SD 2.x", "SDXL": "SDXL"}
-_PREDICTIONS = {comfy.model_sampling.EPS: "eps", comfy.model_sampling.V_PREDICTION: "v"}
-# Base weights that identify a checkpoint (LoRAs rarely touch these).
-_FINGERPRINT_KEYS = ("diffusion_model.input_blocks.0.0.weight", "diffusion_model.out.2.weight",
-                     "diffusion_model.time_embed.0.weight")
 
 
 @dataclass(frozen=True)
@@ -62,6 +60,7 @@ class ModelFacts:
     layout: UNetLayout
     sigmas: torch.Tensor  # (1000,) float32: sigma of each training timestep
     latent_format: object  # comfy.latent_formats: process_in (LATENT -> model space), process_out
+    family: ModuleType | None = field(default=None, compare=False, repr=False)  # its module of ``families``
 
     def sigma(self, timestep: int) -> float:
         return float(self.sigmas[timestep])
@@ -72,33 +71,11 @@ class ModelFacts:
 
 def model_facts(model) -> ModelFacts:
     """Check the model is one PnP supports and describe it; raises PnPInputError otherwise."""
-    base = model.model
-    family = type(base.model_config).__name__
-    if family not in SUPPORTED_FAMILIES:
-        raise PnPInputError(
-            f"PnP supports {', '.join(SUPPORTED_FAMILIES.values())} checkpoints; the MODEL connected is "
-            f"{family}. Load an SD 1.x, SD 2.x or SDXL (base) checkpoint."
-        )
-    sampling = model.get_model_object("model_sampling")
-    bases = type(sampling).__bases__
-    prediction = next((_PREDICTIONS[b] for b in bases if b in _PREDICTIONS), None)
-    if comfy.model_sampling.ModelSamplingDiscrete not in bases or prediction is None or len(sampling.sigmas) != 1000:
-        raise PnPInputError(
-            f"PnP needs the model's discrete 1000-step schedule with eps or v prediction; this MODEL samples "
-            f"with {type(sampling).__name__} ({', '.join(b.__name__ for b in bases)}). Remove the "
-            f"ModelSampling* node that changed it."
-        )
-    latent_format = model.get_model_object("latent_format")
-    unet = base.diffusion_model
-    if unet.in_channels != latent_format.latent_channels:
-        raise PnPInputError(
-            f"This {SUPPORTED_FAMILIES[family]} UNet takes {unet.in_channels} input channels (an inpainting or "
-            f"instruct model); PnP needs a plain text-to-image checkpoint with {latent_format.latent_channels}."
-        )
-    layout = decoder_layout(unet)
-    sigmas = sampling.sigmas.detach().float().cpu()
-    identity = ModelIdentity(family, prediction, _fingerprint(model), _schedule_hash(sigmas))
-    return ModelFacts(identity, layout, sigmas, latent_format)
+    family = families.family_of(model)
+    prediction, layout, sigmas = family.check(model)
+    identity = ModelIdentity(families.variant_of(model), prediction, _fingerprint(model, family.FINGERPRINT_KEYS),
+                             _schedule_hash(sigmas))
+    return ModelFacts(identity, layout, sigmas, model.get_model_object("latent_format"), family)
 
 
 def _schedule_hash(sigmas: torch.Tensor) -> str:
@@ -106,10 +83,11 @@ def _schedule_hash(sigmas: torch.Tensor) -> str:
     return hashlib.sha256(sigmas.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-def _fingerprint(model) -> str:
-    """Hash of a few base (un-LoRA'd) weights, taken from the patcher's backup when patched in place."""
+def _fingerprint(model, keys: tuple[str, ...]) -> str:
+    """Hash of a few base (un-LoRA'd) weights (the family's ``keys``), from the patcher's backup when patched in
+    place."""
     digest = hashlib.sha256()
-    for key in _FINGERPRINT_KEYS:
+    for key in keys:
         backup = model.backup.get(key)
         weight = backup.weight if backup is not None else comfy.utils.get_attr(model.model, key)
         digest.update(weight.detach().to(device="cpu", dtype=torch.float16).numpy().tobytes())
@@ -167,7 +145,8 @@ class Evaluation:
 class _SitePatch:
     """Wires a handler (Injector or Recorder) to the UNet sites and the sampler's evaluations."""
 
-    def __init__(self, handler, step_sigmas: torch.Tensor, negative_alphas: list[float] | None):
+    def __init__(self, family, handler, step_sigmas: torch.Tensor, negative_alphas: list[float] | None):
+        self.family = family
         self.handler = handler
         self.step_sigmas = step_sigmas
         self.negative_alphas = negative_alphas
@@ -221,7 +200,7 @@ class _SitePatch:
             transformer_options[CALL_KEY] = call
             for block in self.handler.sites.resblocks:
                 hook = partial(self._resblock_hook, block, call)
-                hooks.append(unet.output_blocks[block][0].out_layers.register_forward_hook(hook))
+                hooks.append(self.family.resblock_output(unet, block).register_forward_hook(hook))
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
         finally:
             for hook in hooks:
@@ -233,11 +212,10 @@ class _SitePatch:
 
     def attn1_patch(self, n, context_attn1, value_attn1, extra_options):
         call = extra_options.get(CALL_KEY)
-        block = extra_options.get("block")
-        if call is None or block is None or block[0] != "output":
+        if call is None:
             return n, context_attn1, value_attn1
-        site = (block[1], extra_options.get("block_index", 0))
-        if site not in self._attention_sites:
+        site = self.family.attention_site(extra_options)
+        if site is None or site not in self._attention_sites:
             return n, context_attn1, value_attn1
         spatial = tuple(extra_options["activations_shape"][-2:])
         qk_input = call.attention(site, n, spatial)
@@ -255,7 +233,7 @@ def with_pnp_sites(model, handler, step_sigmas: torch.Tensor, negative_alphas: l
     ``NEGATIVE_COND``).
     """
     clone = model.clone()
-    patch = _SitePatch(handler, step_sigmas, negative_alphas)
+    patch = _SitePatch(families.family_of(model), handler, step_sigmas, negative_alphas)
     clone.set_model_attn1_patch(patch.attn1_patch)
     for kind, wrapper in ((WrappersMP.PREDICT_NOISE, patch.predict_noise_wrapper),
                           (WrappersMP.DIFFUSION_MODEL, patch.diffusion_model_wrapper)):
@@ -304,17 +282,17 @@ def with_next_timestep_labels(model, next_label: dict[int, int]):
 
 
 def attention_qk(model, site: tuple[int, int], n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """q and k of ``output_blocks[b][1].transformer_blocks[j].attn1`` for attn1 inputs ``n`` (..., tokens, C).
+    """q and k of attention site ``site``'s self-attention (the family's ``self_attention``) for its inputs ``n``
+    (..., tokens, C).
 
     Runs the model's own ``to_q`` / ``to_k`` (LoRA patches included: the model
     is loaded the way samplers load it) on its load device in its compute
     dtype. Returns float32 q, k (..., tokens, heads*dim_head) on that device
     and the head count.
     """
-    block, index = site
     comfy.model_management.load_models_gpu([model])
     base = model.model
-    attn1 = base.diffusion_model.output_blocks[block][1].transformer_blocks[index].attn1
+    attn1 = families.family_of(model).self_attention(base.diffusion_model, site)
     dtype = base.manual_cast_dtype if base.manual_cast_dtype is not None else base.get_dtype()
     x = n.to(device=model.load_device, dtype=dtype)
     with torch.no_grad():

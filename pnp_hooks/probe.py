@@ -16,15 +16,13 @@ from dataclasses import dataclass
 import torch
 
 from . import patcher, sampling, visualize
-from .bank import FeatureBank, check_model, check_one_frame
+from .bank import LATENT_TO_PIXELS, FeatureBank, check_model, check_one_frame
 from .errors import PnPInputError
 from .injection import COND_CHUNK, branch_of
 from .layers import LayerSites, first_default_site, parse_site, resolve_sites
 
 VIEW_KINDS = ("resblock", "self-attention map", "query", "key", "attention input")
 _NEEDS_MODEL = ("self-attention map", "query", "key")
-# SD and SDXL VAEs map one latent cell to 8x8 pixels.
-LATENT_TO_PIXELS = 8
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import comfy.utils
 import latent_preview
 from comfy.k_diffusion.sampling import to_d, trange
 
-from . import batching, live_source, patcher
+from . import batching, families, live_source, patcher
 from .bank import (ON_THE_FLY, SOURCE_CFG, SOURCE_SINGLE, STORED, FeatureBank, Trajectory, TrajectoryBatch,
                    check_model, check_one_frame)
 from .errors import PnPInputError
@@ -78,18 +78,19 @@ def _disable_pbar() -> bool:
 
 
 @torch.no_grad()
-def _official_ddim_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, keep=None, kept=None):
+def _official_ddim_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, keep=None, kept=None,
+                             vp_scale=None):
     """Official DDIM inversion in sigma space; ``sigmas`` ascend from sigma(t=0).
 
     The clean latent is taken as z0 at alpha_bar(0) (SD schedulers do not set it
     to one). Each step evaluates eps on the current latent (the model call uses
     the current sigma; a wrapper labels the UNet with the next timestep) and
     moves to the next sigma. ``kept[t]`` receives x after landing on the sigma
-    index ``i`` with ``keep[i] = t``.
+    index ``i`` with ``keep[i] = t``. ``vp_scale``: the family's factor from its latent to sampling space.
     """
     extra_args = {} if extra_args is None else extra_args
     s_in = x.new_ones([x.shape[0]])
-    x = x * (1.0 + sigmas[0] ** 2) ** 0.5
+    x = x * vp_scale(sigmas[0])
     for i in trange(len(sigmas) - 1, disable=disable):
         comfy.model_management.throw_exception_if_processing_interrupted()
         denoised = model(x, sigmas[i] * s_in, **extra_args)
@@ -132,7 +133,8 @@ def _invert_one(model, facts: patcher.ModelFacts, samples: torch.Tensor, conditi
     guider = comfy.samplers.CFGGuider(relabelled)
     guider.set_conds(conditioning, [])
     guider.set_cfg(1.0)
-    sampler = comfy.samplers.KSAMPLER(_official_ddim_inversion, extra_options={"keep": keep, "kept": kept})
+    options = {"keep": keep, "kept": kept, "vp_scale": facts.family.vp_scale}
+    sampler = comfy.samplers.KSAMPLER(_official_ddim_inversion, extra_options=options)
     guider.sample(torch.zeros_like(samples), samples, sampler, facts.sigmas_at(levels),
                   callback=_progress(relabelled, len(inversion_ts), progress), disable_pbar=_disable_pbar(), seed=0)
     latents = torch.cat([kept[t] for t in sampling_ts])
@@ -265,7 +267,7 @@ def generate_guidance(model, positive, negative, samples: torch.Tensor, seed: in
     clone = patcher.with_pnp_sites(model, recorder, step_sigmas)
     sigmas = torch.cat([step_sigmas, step_sigmas.new_zeros(1)])
     noise = comfy.sample.prepare_noise(samples, seed)
-    x_T = facts.latent_format.process_out(noise * (1.0 + sigmas[0] ** 2) ** 0.5)
+    x_T = facts.latent_format.process_out(noise * facts.family.vp_scale(sigmas[0]))
     trajectory_x: dict[int, torch.Tensor] = {}
     progress = _progress(clone, steps)
 
@@ -283,14 +285,14 @@ def generate_guidance(model, positive, negative, samples: torch.Tensor, seed: in
     resblock, attention = recorder.build()
     bank = FeatureBank(trajectory, sites, branches, feature_steps, attention_steps,
                        StoredSource(resblock, attention, branches), storage_dtype, source_conditioning=positive)
-    return bank, final.float().cpu() / (1.0 + sigmas[-1] ** 2) ** 0.5
+    return bank, final.float().cpu() / facts.family.vp_scale(sigmas[-1])
 
 
 @dataclass(frozen=True)
-class Guidance:
-    """What PnP Sampler and PnP Guider inject with, for any bank: prompts, CFG, thresholds, strength, the paper's
-    negative prompt and its per-step weights, and the mask's weight maps (1 or frames, H, W): one for every
-    frame, or one per frame."""
+class Target:
+    """What PnP Sampler and PnP Guider translate to, for any bank (the guidance image is the bank's): the target
+    prompts, CFG, thresholds, strength, the paper's negative prompt and its per-step weights, and the mask's
+    weight maps (1 or frames, H, W): one for every frame, or one per frame."""
 
     positive: list
     negative: list
@@ -307,11 +309,11 @@ class Guidance:
         return self.masks[frame:frame + 1]
 
 
-def pnp_guider(model, guidance: Guidance, bank: FeatureBank, frame: int = 0) -> comfy.samplers.CFGGuider:
+def pnp_guider(model, target: Target, bank: FeatureBank, frame: int = 0) -> comfy.samplers.CFGGuider:
     """ComfyUI's own CFGGuider on a clone that injects ``bank`` (of one image; ``frame``: which mask of
-    ``guidance`` is its) below the thresholds of ``guidance.plan``.
+    ``target`` is its) below the thresholds of ``target.plan``.
 
-    With ``guidance.paper_negative`` (the original paper's negative prompt, with
+    With ``target.paper_negative`` (the original paper's negative prompt, with
     its per-step ``negative_alphas``) the guider carries it as one more
     conditioning; a live bank's source prompt likewise. Every pre/post-CFG
     hook on the model keeps working: the guider is not subclassed.
@@ -319,17 +321,17 @@ def pnp_guider(model, guidance: Guidance, bank: FeatureBank, frame: int = 0) -> 
     check_one_frame(bank, "PnP Guider")
     facts = patcher.model_facts(model)
     check_model(bank.trajectory.model, facts.identity, "feature bank")
-    injector = Injector(bank.sites, bank.source, guidance.plan, (bank.feature_steps, bank.attention_steps),
-                        guidance.strength, guidance.mask_of(frame))
+    injector = Injector(bank.sites, bank.source, target.plan, (bank.feature_steps, bank.attention_steps),
+                        target.strength, target.mask_of(frame))
     step_sigmas = facts.sigmas_at(list(bank.trajectory.timesteps))
-    paper_negative = guidance.paper_negative
-    clone = patcher.with_pnp_sites(model, injector, step_sigmas, guidance.negative_alphas if paper_negative else None)
+    paper_negative = target.paper_negative
+    clone = patcher.with_pnp_sites(model, injector, step_sigmas, target.negative_alphas if paper_negative else None)
     guider = comfy.samplers.CFGGuider(clone)
-    conds = {"positive": guidance.positive, "negative": guidance.negative, **bank.source.guider_conds()}
+    conds = {"positive": target.positive, "negative": target.negative, **bank.source.guider_conds()}
     if paper_negative is not None:
         conds[patcher.NEGATIVE_COND] = paper_negative
     guider.inner_set_conds(conds)
-    guider.set_cfg(guidance.cfg)
+    guider.set_cfg(target.cfg)
     return guider
 
 
@@ -362,13 +364,13 @@ def start_latent(model, bank: FeatureBank, start: str, seed: int) -> torch.Tenso
     facts = patcher.model_facts(model)
     sigma_T = facts.sigmas_at([bank.trajectory.timesteps[0]])[0]
     noise = comfy.sample.prepare_noise(x_T, seed)
-    return facts.latent_format.process_out(noise * (1.0 + sigma_T ** 2) ** 0.5)
+    return facts.latent_format.process_out(noise * facts.family.vp_scale(sigma_T))
 
 
-def translate(model, guidance: Guidance, bank: FeatureBank, final_step: str, start: str = INVERTED,
+def translate(model, target: Target, bank: FeatureBank, final_step: str, start: str = INVERTED,
               seed: int = 0, progress: tuple[int, int] | None = None) -> torch.Tensor:
     """PnP sampling of every frame of ``bank``: DDIM (ComfyUI's Euler) on the bank's timesteps from
-    ``start_latent``, injecting with ``guidance``. Returns (frames, C, H, W).
+    ``start_latent``, injecting with ``target``. Returns (frames, C, H, W).
 
     Frames run one after another, each with its own bank and guider exactly as
     a single image (the same seed for every frame's random start). A bank
@@ -384,15 +386,15 @@ def translate(model, guidance: Guidance, bank: FeatureBank, final_step: str, sta
     for frame in range(bank.frames):
         comfy.model_management.throw_exception_if_processing_interrupted()
         frame_progress = None if progress is None and bank.frames == 1 else (done + frame * per_frame, overall)
-        out.append(_translate_frame(model, guidance, bank, frame, sigmas, start, seed, recording, frame_progress))
+        out.append(_translate_frame(model, target, bank, frame, sigmas, start, seed, recording, frame_progress))
     return torch.cat(out)
 
 
-def _translate_frame(model, guidance: Guidance, bank: FeatureBank, frame: int, sigmas: torch.Tensor, start: str,
+def _translate_frame(model, target: Target, bank: FeatureBank, frame: int, sigmas: torch.Tensor, start: str,
                      seed: int, recording: int, progress: tuple[int, int] | None) -> torch.Tensor:
     """One frame of ``translate`` (its bank and guider go when it returns: one frame's tensors at a time)."""
     frame_bank = bank.frame(frame, progress=progress) if recording else bank.frame(frame)
-    guider = pnp_guider(model, guidance, frame_bank, frame)
+    guider = pnp_guider(model, target, frame_bank, frame)
     x_T = start_latent(model, frame_bank, start, seed)
     if progress is not None:
         progress = (progress[0] + recording, progress[1])
@@ -401,4 +403,4 @@ def _translate_frame(model, guidance: Guidance, bank: FeatureBank, frame: int, s
                         seed=0)
     # Official: the last DDIM step lands on alpha_bar(0) and returns z = sqrt(alpha_bar(0)) * x.
     final_sigma = float(sigmas[-1])
-    return out.float().cpu() / (1.0 + final_sigma ** 2) ** 0.5
+    return out.float().cpu() / families.family_of(model).vp_scale(final_sigma)

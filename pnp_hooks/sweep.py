@@ -60,8 +60,8 @@ def run_sweep(model, positive, negative, bank: FeatureBank, vae, guidance: torch
     latents, images = [], []
     for index, (cell, plan) in enumerate(zip(cells, plans)):
         comfy.model_management.throw_exception_if_processing_interrupted()
-        guidance_of_cell = sampling.Guidance(positive, negative, cfg, plan, cell.injection_strength)
-        samples = sampling.translate(model, guidance_of_cell, bank, final_step, progress=(index * bank.steps, total))
+        target = sampling.Target(positive, negative, cfg, plan, cell.injection_strength)
+        samples = sampling.translate(model, target, bank, final_step, progress=(index * bank.steps, total))
         latents.append(samples)
         images.append(decode(vae, samples).float().cpu())
     latents_all, images_all = torch.cat(latents), torch.cat(images)

@@ -15,7 +15,8 @@ from find_comfyui import PACK_ROOT
 PACKAGE = "comfyui_pnp_pure_hooks"
 # Modules that must import without ComfyUI (``patcher``, ``sampling`` and ``probe`` wire them to it).
 PURE_MODULES = ("errors", "indices", "schedule", "layers", "masks", "bank", "injection", "sources", "live_source",
-                "bank_file", "visualize", "host_api", "metrics", "charts", "background")
+                "bank_file", "visualize", "host_api", "metrics", "charts", "background", "families",
+                "families.unet")
 
 
 def pure(module: str):

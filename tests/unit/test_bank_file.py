@@ -167,6 +167,43 @@ def test_damaged_and_altered_files_are_refused(tmp_path):
         _read(path)
 
 
+def _rewrite_metadata_and_hash(path: Path, change) -> None:
+    """``_rewrite_metadata`` with the content hash made again: what another writer would have written."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+
+    def rehash(meta, header):
+        change(meta, header)
+        header["__metadata__"]["content_sha256"] = bank_file._content_hash(json.dumps(meta, sort_keys=True), tensors)
+
+    _rewrite_metadata(path, rehash)
+
+
+def test_files_name_their_family_and_site_kinds_and_format_1_files_still_load(tmp_path):
+    path = tmp_path / "b.safetensors"
+    original = _bank()
+    bank_file.write_bank(original, path, "b.safetensors")
+    meta, _, _ = bank_file.read_header(path, "b.safetensors")
+    assert (meta["format_version"], meta["family_name"], meta["site_kinds"]) == (2, "unet", ["resblock", "attention"])
+
+    def as_format_1(meta, header):
+        meta.update(format_version=1)
+        del meta["family_name"], meta["site_kinds"]
+
+    _rewrite_metadata_and_hash(path, as_format_1)
+    loaded, meta = _read(path)
+    assert (meta["format_version"], meta["family_name"], meta["site_kinds"]) == (1, "unet", ["resblock", "attention"])
+    assert loaded.sites == original.sites and loaded.trajectory.model == original.trajectory.model
+    for site, t in original.attention.items():
+        assert torch.equal(loaded.attention[site], t)
+    path.unlink()
+    bank_file.write_bank(original, path, "b.safetensors")
+    _rewrite_metadata_and_hash(path, lambda meta, header: meta.update(site_kinds=["resblock", "attention_v"]))
+    with pytest.raises(bank_file.BankFileError, match="incomplete or inconsistent"):
+        _read(path)
+
+
 def test_a_consistent_forgery_that_does_not_fit_the_model_is_refused_at_load(tmp_path):
     """Metadata and hash agree, but the tensors have other channels than the MODEL's layers."""
     forged = _bank()

@@ -1,0 +1,61 @@
+"""Model families: everything PnP knows about one kind of diffusion model, in one module each.
+
+A family module (``unet``: SD 1.x, SD 2.x, SDXL) says how its models are
+recognised and checked, their layout (which sites exist, each tensor's
+shape), the paper's default sites per variant, how a site's tensor is
+reached inside ComfyUI's model (the modules and patch points the patch layer,
+``patcher``, hooks), how latents move between ComfyUI's sampling space and the
+family's own schedule, and its checkpoint fingerprint. The rest of the pack
+asks the family of a MODEL (``family_of``) or of a recorded identity
+(``family_named``) and never names a model's modules itself.
+
+What a family module provides (see ``unet`` for the reference):
+- ``NAME`` (bank files record it) and ``SITE_KINDS``; ``VARIANTS``: ComfyUI
+  model_config class name -> name shown to users; ``DEFAULTS``: variant ->
+  the paper's default layer specs;
+- ``check(model) -> (prediction, layout, sigmas)``: refuses a model of the
+  family PnP cannot run (raises ``PnPInputError`` naming what to change);
+  ``layout_of(diffusion_model)``; ``FINGERPRINT_KEYS``: base weights that
+  identify a checkpoint;
+- site access: ``resblock_output(diffusion_model, block)`` (the module whose
+  output is the ResBlock site), ``attention_site(extra_options)`` (the site an
+  ``attn1_patch`` call is at, or None), ``self_attention(diffusion_model,
+  site)`` (the attention module, for its q/k projections);
+- schedule: ``vp_scale(sigma)``, the factor between ComfyUI's sampling space
+  and the family's variance-preserving latent.
+Pure: no ComfyUI imports (a family reads the objects ComfyUI hands it).
+"""
+from __future__ import annotations
+
+from types import ModuleType
+
+from ..errors import PnPInputError
+from . import unet
+
+FAMILIES: tuple[ModuleType, ...] = (unet,)
+
+
+def variant_of(model) -> str:
+    """The model's ComfyUI model_config class name (e.g. "SD15")."""
+    return type(model.model.model_config).__name__
+
+
+def family_named(variant: str) -> ModuleType:
+    """The family module of a variant name (as a ``bank.ModelIdentity`` records it)."""
+    for family in FAMILIES:
+        if variant in family.VARIANTS:
+            return family
+    raise KeyError(variant)
+
+
+def family_of(model) -> ModuleType:
+    """The family module of a ComfyUI MODEL; raises PnPInputError for a model no family supports."""
+    variant = variant_of(model)
+    try:
+        return family_named(variant)
+    except KeyError:
+        supported = [name for family in FAMILIES for name in family.VARIANTS.values()]
+        raise PnPInputError(
+            f"PnP supports {', '.join(supported)} checkpoints; the MODEL connected is "
+            f"{variant}. Load an SD 1.x, SD 2.x or SDXL (base) checkpoint."
+        ) from None

@@ -22,8 +22,6 @@ from .families import unet
 UNetLayout = unet.UNetLayout
 decoder_layout = unet.layout_of
 DEFAULTS = unet.DEFAULTS
-SD_DEFAULT_RESBLOCKS, SD_DEFAULT_ATTENTION = unet.SD_DEFAULT_RESBLOCKS, unet.SD_DEFAULT_ATTENTION
-SDXL_DEFAULT_RESBLOCKS, SDXL_DEFAULT_ATTENTION = unet.SDXL_DEFAULT_RESBLOCKS, unet.SDXL_DEFAULT_ATTENTION
 
 
 @dataclass(frozen=True)

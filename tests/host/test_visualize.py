@@ -69,9 +69,9 @@ def test_live_recording_equals_the_bank_and_pca_is_repeatable(host, models):
     with torch.inference_mode():
         steps = [0, 3, 8]
         live = probe._record_live(model, bank, "resblock", (4, 0), steps)
-        assert torch.equal(live, bank.resblock[4][steps, 0])
+        assert torch.equal(live, bank.stored["resblock"][4][steps, 0])
         live_attn = probe._record_live(model, bank, "attention input", (9, 0), [1, 5])
-        assert torch.equal(live_attn, bank.attention[(9, 0)][[1, 5], 0])
+        assert torch.equal(live_attn, bank.stored["attention"][(9, 0)][[1, 5], 0])
         first = probe.feature_pca(bank, "self-attention map", "6:0", "auto", model)
         again = probe.feature_pca(bank, "self-attention map", "6:0", "auto", model)
         assert torch.equal(first.frames, again.frames) and torch.equal(first.grid, again.grid)

@@ -133,9 +133,9 @@ def test_recording_in_batches_gives_the_same_bank(pnp, host):
     worst = 0.0
     for other in (batched, automatic):
         for store in ("resblock", "attention"):
-            for key, t in getattr(one, store).items():
-                assert t.shape == getattr(other, store)[key].shape
-                worst = max(worst, (t - getattr(other, store)[key]).abs().max().item() / t.abs().max().item())
+            for key, t in one.stored[store].items():
+                assert t.shape == other.stored[store][key].shape
+                worst = max(worst, (t - other.stored[store][key]).abs().max().item() / t.abs().max().item())
     # fp32 GEMM rounding of a batch of 4 against 1, relative to each tensor's magnitude: measured ~2e-6 here
     # (the bound leaves room for other CPUs' kernels; a wrong step or row would be of order 1).
     assert worst <= 1e-4, worst

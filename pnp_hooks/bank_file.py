@@ -236,7 +236,7 @@ def _kinds_of(meta: dict) -> tuple[SiteKind, ...]:
 
 def _family_fields(variant: str) -> dict:
     family = families.family_named(variant)
-    return {"family_name": family.NAME, "site_kinds": list(family.SITE_KINDS)}
+    return {"family_name": family.NAME, "site_kinds": [kind.name for kind in family.KINDS]}
 
 
 def write_bank(bank: FeatureBank, path: Path, name: str) -> int:

@@ -10,8 +10,8 @@ asks the family of a MODEL (``family_of``) or of a recorded identity
 (``family_named``) and never names a model's modules itself.
 
 What a family module provides (see ``unet`` for the reference):
-- ``NAME`` (bank files record it); ``KINDS``: its ``SiteKind``s, and
-  ``SITE_KINDS`` their names; ``VARIANTS``: ComfyUI model_config class name ->
+- ``NAME`` (bank files record it, with its kinds' names); ``KINDS``: its
+  ``SiteKind``s (``families.kinds``); ``VARIANTS``: ComfyUI model_config class name ->
   name shown to users; ``DEFAULTS``: variant -> {kind name: the paper's
   default layer spec};
 - ``check(model) -> (prediction, layout, sigmas)``: refuses a model of the
@@ -29,7 +29,9 @@ What a family module provides (see ``unet`` for the reference):
   and the family's variance-preserving latent.
 Adding a kind of site to a family touches only the family module: the core
 (layers, injection, sources, bank, bank files, the patch layer, PCA) reads
-every kind-specific fact from its ``SiteKind``.
+every kind-specific fact from its ``SiteKind``; a kind without a node input
+of its own takes its family's default spec. Only a patch point ``patcher``
+does not wire yet (``SiteKind.patch``) needs its wiring there.
 Pure: no ComfyUI imports (a family reads the objects ComfyUI hands it).
 """
 from __future__ import annotations

@@ -45,7 +45,6 @@ ATTENTION = SiteKind(
     file_rank=4)
 # The kinds of site the family has (each kind's tensors are named "{kind}.{site}" in bank files).
 KINDS = (RESBLOCK, ATTENTION)
-SITE_KINDS = tuple(kind.name for kind in KINDS)
 # ComfyUI model_config class -> the name users know.
 VARIANTS = {"SD15": "SD 1.x", "SD20": "SD 2.x", "SDXL": "SDXL"}
 # The paper's choice for the SD 1.x/2.x UNet (12 decoder blocks).

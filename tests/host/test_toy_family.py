@@ -66,7 +66,6 @@ class ToyFamily:
             name="attn_qk", input="attention_layers", file_key="attn_qk", label="attention", plural="self-attention",
             short="attention", indexed=True, example='"0"', threshold=families.ATTENTION_THRESHOLD,
             patch=families.ATTN1_QK_INPUT, spatial_dims=1, file_rank=4),)
-        self.SITE_KINDS = ("attn_qk",)
         self.UNetLayout = layouts
 
     def layout_of(self, net):

@@ -198,13 +198,13 @@ class _SitePatch:
         if step is None or step.sites is None or not cond_or_uncond:
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
         call = step.sites.plan_call(list(cond_or_uncond), x.shape[0])
-        unet = executor.class_obj
+        diffusion_model = executor.class_obj
         hooks = []
         try:
             transformer_options[CALL_KEY] = call
             for kind, site in self._hooked:
                 hook = partial(self._output_hook, kind, site, call)
-                hooks.append(self.family.site_module(unet, kind.name, site).register_forward_hook(hook))
+                hooks.append(self.family.site_module(diffusion_model, kind.name, site).register_forward_hook(hook))
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
         finally:
             for hook in hooks:

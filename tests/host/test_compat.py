@@ -107,7 +107,7 @@ def test_other_attn1_replace_patch_runs_and_receives_injected_qk(guidance):
         block = extra_options["block"][1]
         calls[block] += 1
         call = extra_options.get(pnp_call_key)
-        if call is not None and call.step.inject_attention:
+        if call is not None and call.step.injects["attention"]:
             # the q/k this patch receives are projections of the guidance image's hidden states
             source = bank.stored["attention"][(block, 0)][call.step.step][list(call.row_branches)].to(k.dtype)
             attn1 = unet.output_blocks[block][1].transformer_blocks[0].attn1

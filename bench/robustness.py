@@ -47,7 +47,7 @@ WORST = {
 
 
 def parse_times() -> list[tuple[str, float, str]]:
-    layers, errors = pure("layers"), pure("errors")
+    layers, errors, unet = pure("layers"), pure("errors"), pure("families.unet")
     layout = layers.UNetLayout((True,) * 12, (0, 0, 0) + (1,) * 9, (1280,) * 6 + (640,) * 3 + (320,) * 3,
                                (0, 0, 0) + (1280,) * 3 + (640,) * 3 + (320,) * 3, (3, 3, 3, 2, 2, 2, 1, 1, 1, 0, 0, 0))
     rows = []
@@ -56,8 +56,8 @@ def parse_times() -> list[tuple[str, float, str]]:
         for _ in range(5):
             started = time.perf_counter()
             try:
-                sites = layers.resolve_sites("4", spec, layout)
-                outcome = f"accepted: {len(sites.attention)} site(s)"
+                sites = layers.resolve_sites({"resblock": "4", "attention": spec}, layout, unet.KINDS)
+                outcome = f"accepted: {len(sites['attention'])} site(s)"
             except errors.PnPInputError as exc:
                 outcome = f"refused ({len(str(exc))} characters)"
             best = min(best, time.perf_counter() - started)

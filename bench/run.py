@@ -461,7 +461,8 @@ def render(args, command: str, results: dict, peak_rss: int, comfy_version: str,
     extrapolated = {}
     for label, config, lat, family in (("SD1.5, 512x512", sizes.SD15, 64, "SD15"),
                                        ("SDXL, 1024x1024", sizes.SDXL_BASE, 128, "SDXL")):
-        res, attn = sizes.pnp_hooks("layers").DEFAULTS[family]
+        defaults = sizes.pnp_hooks("families.unet").DEFAULTS[family]
+        res, attn = defaults["resblock"], defaults["attention"]
         a = sizes.bank_bytes(config, (lat, lat), res, attn, steps=n)["bytes"]
         b = sizes.bank_bytes(config, (lat, lat), res, attn, recorded=(int(n * TAU_F), int(n * TAU_A)))["bytes"]
         c = sizes.bank_bytes(config, (lat, lat), res, attn, steps=n, bytes_per_value=4)["bytes"]

@@ -67,9 +67,9 @@ def bank_bytes(unet_config: dict, latent_hw: tuple[int, int], resblock_spec: str
 
     ``recorded``: (ResBlock steps, attention steps) instead of what the thresholds make a bank record.
     """
-    layers, schedule = pnp_hooks("layers"), pnp_hooks("schedule")
+    layers, schedule, unet = pnp_hooks("layers"), pnp_hooks("schedule"), pnp_hooks("families.unet")
     layout = layers.decoder_layout(meta_unet(unet_config))
-    sites = layers.resolve_sites(resblock_spec, attention_spec, layout)
+    sites = layers.resolve_sites({"resblock": resblock_spec, "attention": attention_spec}, layout, unet.KINDS)
     feature_steps, attention_steps = recorded or schedule.recorded_steps(steps, feature_injection,
                                                                          attention_injection)
     total = layers.bank_nbytes(layout, sites, latent_hw, feature_steps, attention_steps, branches, bytes_per_value)
@@ -111,11 +111,11 @@ def decoder_shapes_meta(unet_config: dict, latent_hw: tuple[int, int]) -> dict:
 
 def figures() -> dict:
     """The README/benchmark figures: default-site banks, 50 steps, tau_f 0.8, tau_A 0.5, fp16 and fp32."""
-    defaults = pnp_hooks("layers").DEFAULTS
+    defaults = pnp_hooks("families.unet").DEFAULTS
     out = {}
     for name, config, latent, family in (("SDXL base, 1024x1024", SDXL_BASE, (128, 128), "SDXL"),
                                          ("SD1.5, 512x512", SD15, (64, 64), "SD15")):
-        res, attn = defaults[family]
+        res, attn = defaults[family]["resblock"], defaults[family]["attention"]
         fp16 = bank_bytes(config, latent, res, attn)
         out[name] = {**fp16, "MiB_fp16": round(fp16["bytes"] / 2 ** 20, 1),
                      "MiB_fp32": round(bank_bytes(config, latent, res, attn, bytes_per_value=4)["bytes"] / 2 ** 20, 1),

@@ -18,7 +18,8 @@ from comfy_api.v0_0_2 import io
 from ..pnp_hooks.bank import STORAGE_DTYPES
 from ..pnp_hooks.errors import PnPInputError, require_finite
 from ..pnp_hooks.indices import excerpt
-from ..pnp_hooks.layers import LayerSites, check_spec, resolve_sites
+from ..pnp_hooks.families import unet
+from ..pnp_hooks.layers import LayerSites, check_spec, resolve_sites, specs_of_inputs
 from ..pnp_hooks.patcher import ModelFacts
 
 
@@ -45,16 +46,15 @@ def layer_inputs() -> list:
 
 
 def resolve_layers(facts: ModelFacts, resblock_layers: str, attention_layers: str) -> LayerSites:
-    default_res, default_attn = facts.family.DEFAULTS[facts.identity.family]
-    res = default_res if resblock_layers.strip().lower() == "auto" else resblock_layers
-    attn = default_attn if attention_layers.strip().lower() == "auto" else attention_layers
-    return resolve_sites(res, attn, facts.layout)
+    family = facts.family
+    specs = specs_of_inputs({"resblock_layers": resblock_layers, "attention_layers": attention_layers},
+                            family.KINDS, family.DEFAULTS[facts.identity.family])
+    return resolve_sites(specs, facts.layout, family.KINDS)
 
 
+# The layer inputs are the UNet family's kinds of site: their grammar, read at queue time (no model yet).
 LAYER_TEXT_CHECKS: dict[str, Callable[[str], None]] = {
-    "resblock_layers": lambda text: check_spec(text, "resblock_layers", attention=False),
-    "attention_layers": lambda text: check_spec(text, "attention_layers", attention=True),
-}
+    kind.input: (lambda text, kind=kind: check_spec(text, kind)) for kind in unet.KINDS}
 
 
 def check_inputs(inputs: list, values: dict, text_checks: dict[str, Callable] | None = None) -> None:

@@ -6,6 +6,7 @@ from comfy_api.v0_0_2 import io
 from ..pnp_hooks import probe, visualize
 from ..pnp_hooks.errors import PnPInputError
 from ..pnp_hooks.indices import excerpt
+from ..pnp_hooks.families import unet
 from ..pnp_hooks.layers import parse_site
 from .types import IMAGE_CATEGORY, PnPFeatures, pnp_schema
 
@@ -82,6 +83,6 @@ def check_view_text(view: str | None, layer: str | None, steps: str | None) -> N
     if view is not None and view not in probe.VIEW_KINDS:
         raise PnPInputError(f"view must be one of {', '.join(probe.VIEW_KINDS)}; got {excerpt(view)}.")
     if layer is not None and layer.strip().lower() != "auto":
-        parse_site(layer, attention=view != "resblock")
+        parse_site(layer, unet.RESBLOCK if view in unet.RESBLOCK.views else unet.ATTENTION)
     if steps is not None:
         visualize.check_steps_spec(steps)

@@ -6,21 +6,27 @@ A map of the core, lowest layer first (a module imports only from the lines abov
   (the grammar of typed index lists), ``host_api`` (the ComfyUI names the pack
   uses, checked at start-up), ``batching`` (timesteps per source-pass call).
 - Model families: ``families`` (the registry and what a family provides),
-  ``families.unet`` (SD 1.x/2.x/SDXL: recognition and checks, decoder layout,
-  default sites, the modules a site lives in, the VP schedule factor). Nothing
-  else names a model's modules.
+  ``families.kinds`` (``SiteKind``: everything the core knows of a kind of
+  site: its node input, spec grammar, threshold, patch point, row layout, bank
+  file names), ``families.unet`` (SD 1.x/2.x/SDXL: recognition and checks,
+  decoder layout, its two kinds "resblock" and "attention", default sites,
+  the modules and patch points a site lives in, the q/k projections of the
+  PCA views, the VP schedule factor). Nothing else names a model's modules or
+  a particular kind of site: sites, stored tensors and steps are mappings
+  keyed by kind name.
 - What users choose: ``schedule`` (timesteps, injection thresholds,
   negative-prompt schedules), ``layers`` (layer specs read against a family's
-  layout), ``masks`` (a MASK as injection weights).
+  layout, per kind), ``masks`` (a MASK as injection weights).
 - Values nodes pass along: ``bank`` (trajectory, feature bank, model identity),
-  ``injection`` (recording and injecting at the sites, per step and UNet call),
-  ``sources`` (stored tensors, frames), ``live_source`` (the on-the-fly source
-  pass), ``bank_file`` (banks as checked safetensors files).
+  ``injection`` (recording and injecting at the sites, per step and model
+  call), ``sources`` (stored tensors, frames), ``live_source`` (the on-the-fly
+  source pass), ``bank_file`` (banks as checked safetensors files).
 - Pictures and scores (pure): ``visualize`` (PCA pictures), ``metrics`` (the
   paper's scores, the sweep's Pareto front), ``charts`` (the sweep's grid and
   plot), ``background`` (background weakening with a subject mask).
 - Wired to ComfyUI: ``patcher`` (the only module that touches ModelPatcher:
-  model facts, patched clones), ``sampling`` (inversion, recording, PnP
+  model facts, patched clones that hook each kind's sites through the patch
+  point its ``SiteKind`` names), ``sampling`` (inversion, recording, PnP
   sampling through ComfyUI's CFGGuider), ``probe`` (one site's tensors for the
   PCA pictures), ``scoring`` (the scores on ComfyUI's vision models),
   ``sweep`` (PnP sampling over a grid of thresholds).

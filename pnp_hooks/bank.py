@@ -13,11 +13,12 @@ a generated guidance image recorded under CFG: uncond, cond):
 - ``Trajectory.latents``: (N, C, H, W), float32, the latent at each sampling
   timestep in ComfyUI LATENT units (variance-exploding x_t divided by the
   latent format's scale factor); ``latents[0]`` is x_T.
-- a stored bank's ``resblock[b]``: (feature_steps, B, C, h, w), the residual
-  branch of ``output_blocks[b][0]``; ``attention[(b, j)]``: (attention_steps,
-  B, h*w, C), the input of ``output_blocks[b][1].transformer_blocks[j].attn1``
-  (after norm1); q and k are its projections, so storing it halves the memory
-  of storing q and k (see ``sources``).
+- a stored bank's ``stored[kind][site]``: (steps of the kind's threshold, B,
+  *row shape), per kind of site of the model's family (``families``; in the
+  UNet ``stored["resblock"][b]`` (feature_steps, B, C, h, w), the residual
+  branch of ``output_blocks[b][0]``, and ``stored["attention"][(b, j)]``
+  (attention_steps, B, h*w, C), the input of attn1 after norm1: q and k are its
+  projections, so storing it halves the memory of storing q and k).
 """
 from __future__ import annotations
 
@@ -205,12 +206,13 @@ class FeatureBank:
         return self.source.mode
 
     @property
-    def resblock(self) -> Mapping[int, torch.Tensor]:
-        return self.source.resblock
+    def stored(self) -> Mapping[str, Mapping[Any, torch.Tensor]]:
+        """The stored tensors, per kind name and site (empty on the fly or for a batch of frames)."""
+        return self.source.stored
 
-    @property
-    def attention(self) -> Mapping[tuple[int, int], torch.Tensor]:
-        return self.source.attention
+    def recorded_steps(self, kind) -> int:
+        """The leading steps recorded for ``kind`` (a ``families.SiteKind``): those of its threshold."""
+        return kind.steps(self.feature_steps, self.attention_steps)
 
     @property
     def nbytes(self) -> int:

@@ -2,8 +2,9 @@
 
 A bank file is a plain safetensors file:
 - tensors: ``trajectory.latents`` (N, C, H, W) float32 in LATENT units; a
-  stored bank's ``resblock.{b}`` (feature_steps, B, C, h, w) and
-  ``attention.{b}.{j}`` (attention_steps, B, h*w, C) in the bank's dtype; an
+  stored bank's site tensors, named by their kind (``SiteKind.tensor_name``:
+  the UNet's ``resblock.{b}`` (feature_steps, B, C, h, w) and
+  ``attention.{b}.{j}`` (attention_steps, B, h*w, C)) in the bank's dtype; an
   on-the-fly bank stores no features but its source prompt:
   ``source.cross_attn`` (1, L, D) and ``source.{key}`` for other tensor entries
   of the conditioning (e.g. ``pooled_output``).
@@ -12,7 +13,8 @@ A bank file is a plain safetensors file:
   (format 2 on; a format-1 file is the UNet family's, with its two kinds),
   model (variant as ``family``, prediction, weights
   fingerprint, schedule hash), latent_shape, timesteps, inversion_steps,
-  origin, sites, branches, feature_steps, attention_steps, dtype, mode and the
+  origin, sites (per kind, under its ``file_key``), branches, feature_steps,
+  attention_steps, dtype, mode and the
   source prompt's non-tensor entries; ``content_sha256`` = SHA-256 of that
   JSON and every tensor's name, dtype, shape and bytes.
 
@@ -47,7 +49,8 @@ from .bank import (BANK_MODES, ON_THE_FLY, SOURCE_CFG, SOURCE_SINGLE, STORED, Fe
 from . import families
 from .errors import PnPInputError, named_for_users
 from .indices import excerpt
-from .layers import LayerSites, UNetLayout, bank_shapes
+from .families import SiteKind
+from .layers import LayerSites, bank_shapes
 from .live_source import LiveSource
 from .sources import StoredSource
 
@@ -196,8 +199,8 @@ def bank_file_contents(bank: FeatureBank) -> tuple[dict[str, torch.Tensor], dict
         prompt, source_extras = _source_prompt_entries(bank.source_conditioning)
         tensors.update(prompt)
     else:
-        tensors.update({f"resblock.{b}": t for b, t in bank.resblock.items()})
-        tensors.update({f"attention.{b}.{j}": t for (b, j), t in bank.attention.items()})
+        tensors.update({kind.tensor_name(site): t for kind in bank.sites.kinds
+                        for site, t in bank.stored.get(kind.name, {}).items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {
         "format_version": FORMAT_VERSION,
@@ -209,7 +212,7 @@ def bank_file_contents(bank: FeatureBank) -> tuple[dict[str, torch.Tensor], dict
         "timesteps": list(traj.timesteps),
         "inversion_steps": traj.inversion_steps,
         "origin": traj.origin,
-        "sites": {"resblocks": list(bank.sites.resblocks), "attention": [list(s) for s in bank.sites.attention]},
+        "sites": {kind.file_key: [kind.file_value(site) for site in sites] for kind, sites in bank.sites.items()},
         "branches": list(bank.branches),
         "feature_steps": bank.feature_steps,
         "attention_steps": bank.attention_steps,
@@ -222,9 +225,18 @@ def bank_file_contents(bank: FeatureBank) -> tuple[dict[str, torch.Tensor], dict
     return tensors, metadata
 
 
+def _kinds_of(meta: dict) -> tuple[SiteKind, ...]:
+    """The site kinds of the family a bank file names (by its variant, else by its family name); KeyError if
+    no family of this pack has them."""
+    try:
+        return families.family_named(meta["model"]["family"]).KINDS
+    except KeyError:
+        return next(f.KINDS for f in families.FAMILIES if f.NAME == meta["family_name"])
+
+
 def _family_fields(variant: str) -> dict:
     family = families.family_named(variant)
-    return {"family_name": family.NAME, "site_kinds": list(family.SITE_KINDS)}
+    return {"family_name": family.NAME, "site_kinds": [kind.name for kind in family.KINDS]}
 
 
 def write_bank(bank: FeatureBank, path: Path, name: str) -> int:
@@ -295,12 +307,10 @@ def _expected_tensors(meta: dict) -> dict[str, tuple[str | None, int | None, int
         expected["source.cross_attn"] = (None, None, 3)
         return expected
     storage = _DTYPE_CODES[meta["dtype"]]
-    if meta["feature_steps"]:
-        for b in meta["sites"]["resblocks"]:
-            expected[f"resblock.{b}"] = (storage, meta["feature_steps"], 5)
-    if meta["attention_steps"]:
-        for b, j in meta["sites"]["attention"]:
-            expected[f"attention.{b}.{j}"] = (storage, meta["attention_steps"], 4)
+    for kind in _kinds_of(meta):
+        steps = kind.steps(meta["feature_steps"], meta["attention_steps"])
+        for value in meta["sites"][kind.file_key] if steps else ():
+            expected[kind.tensor_name(kind.site_of_file(value))] = (storage, steps, kind.file_rank)
     return expected
 
 
@@ -326,16 +336,21 @@ def _metadata_ok(meta: dict) -> bool:
             and all(isinstance(meta["model"][k], str) for k in ("family", "prediction", "fingerprint", "schedule"))
             and _is_int_list(meta["latent_shape"]) and len(meta["latent_shape"]) == 3
             and isinstance(meta["inversion_steps"], int) and isinstance(meta["origin"], str)
-            and _is_int_list(meta["sites"]["resblocks"])
-            and all(_is_int_list(s) and len(s) == 2 for s in meta["sites"]["attention"])
+            and all(_sites_ok(kind, meta["sites"][kind.file_key]) for kind in _kinds_of(meta))
             and isinstance(meta.get("source_extras") or {}, dict))
+
+
+def _sites_ok(kind: SiteKind, values) -> bool:
+    if kind.indexed:
+        return isinstance(values, list) and all(_is_int_list(s) and len(s) == 2 for s in values)
+    return _is_int_list(values)
 
 
 def _check_layout(name: str, meta: dict, specs: dict[str, tuple[str, list[int]]]) -> None:
     """The metadata is complete and the tensors are exactly the ones it implies."""
     try:
         expected = _expected_tensors(meta) if _metadata_ok(meta) else None
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, StopIteration):
         expected = None
     if expected is None:
         raise _fail(name, "its bank metadata is incomplete or inconsistent (the file was altered)")
@@ -347,11 +362,12 @@ def _check_layout(name: str, meta: dict, specs: dict[str, tuple[str, list[int]]]
     if meta["mode"] == STORED and any(k.startswith("source.") for k in specs):
         raise _fail(name, "a stored bank must not carry source-prompt tensors (the file was altered)")
     branches = len(meta["branches"])
+    site_tensors = tuple(f"{kind.name}." for kind in _kinds_of(meta))
     for tensor, (dtype, leading, rank) in expected.items():
         got_dtype, shape = specs[tensor]
         if len(shape) != rank or (dtype and got_dtype != dtype) or (leading is not None and shape[0] != leading):
             raise _fail(name, f"tensor {tensor!r} is {got_dtype} {shape}, which its metadata does not allow")
-        if tensor.startswith(("resblock.", "attention.")) and shape[1] != branches:
+        if tensor.startswith(site_tensors) and shape[1] != branches:
             raise _fail(name, f"tensor {tensor!r} holds {shape[1]} branches, its metadata {branches}")
     if specs["trajectory.latents"][1][1:] != meta["latent_shape"]:
         raise _fail(name, "its trajectory does not have the latent shape its metadata states")
@@ -363,11 +379,13 @@ def identity_of(meta: dict) -> ModelIdentity:
 
 
 def _sites_of(meta: dict) -> LayerSites:
-    return LayerSites(tuple(meta["sites"]["resblocks"]), tuple(tuple(s) for s in meta["sites"]["attention"]))
+    kinds = _kinds_of(meta)
+    return LayerSites(kinds, {kind.name: tuple(kind.site_of_file(v) for v in meta["sites"][kind.file_key])
+                              for kind in kinds})
 
 
 def compatibility_problems(meta: dict, specs: dict[str, tuple[str, list[int]]], identity: ModelIdentity,
-                           layout: UNetLayout | None, latent_shape: tuple[int, ...] | None) -> list[str]:
+                           layout, latent_shape: tuple[int, ...] | None) -> list[str]:
     """What differs between a bank file and the MODEL (its sites, and the LATENT) it is used with, one phrase each."""
     problems = [f"{what}: {mine} in the file, {theirs} in the MODEL connected"
                 for what, mine, theirs in identity_of(meta).differences(identity)]
@@ -379,11 +397,10 @@ def compatibility_problems(meta: dict, specs: dict[str, tuple[str, list[int]]], 
     return problems
 
 
-def _site_problems(meta: dict, specs: dict[str, tuple[str, list[int]]], layout: UNetLayout) -> list[str]:
+def _site_problems(meta: dict, specs: dict[str, tuple[str, list[int]]], layout) -> list[str]:
     sites = _sites_of(meta)
-    missing = [b for b in sites.resblocks if b >= layout.num_output_blocks or not layout.has_resblock[b]]
-    missing += [f"{b}:{j}" for b, j in sites.attention
-                if b >= layout.num_output_blocks or j >= layout.transformer_depth[b]]
+    missing = [kind.spec(site) if kind.indexed else site for kind, kind_sites in sites.items() for site in kind_sites
+               if not _exists(layout, kind, site)]
     if missing:
         return [f"layers {missing[:6]} of the file do not exist in the MODEL connected"]
     expected = bank_shapes(layout, sites, tuple(meta["latent_shape"][-2:]), meta["feature_steps"],
@@ -392,8 +409,13 @@ def _site_problems(meta: dict, specs: dict[str, tuple[str, list[int]]], layout: 
             f"connected" for tensor, shape in expected.items() if list(shape) != specs[tensor][1]][:4]
 
 
+def _exists(layout, kind: SiteKind, site) -> bool:
+    block, index = kind.block_index(site)
+    return block < layout.num_output_blocks and index < layout.depth(kind.name, block)
+
+
 def read_bank(path: Path, name: str, device: torch.device, identity: ModelIdentity | None = None,
-              layout: UNetLayout | None = None,
+              layout=None,
               latent_shape: tuple[int, ...] | None = None) -> tuple[FeatureBank, dict]:
     """Load a bank file checked end to end; features land on ``device``. Returns (bank, metadata JSON).
 
@@ -431,8 +453,7 @@ def _build(meta: dict, tensors: dict[str, torch.Tensor], device: torch.device) -
         conditioning = [[tensors["source.cross_attn"], extras]]
         return FeatureBank(trajectory, sites, branches, meta["feature_steps"], meta["attention_steps"],
                            LiveSource(trajectory, sites, conditioning), dtype, source_conditioning=conditioning)
-    resblock = {int(k.split(".")[1]): v.to(device) for k, v in tensors.items() if k.startswith("resblock.")}
-    attention = {(int(k.split(".")[1]), int(k.split(".")[2])): v.to(device)
-                 for k, v in tensors.items() if k.startswith("attention.")}
+    stored = {kind.name: {kind.site_of_name(k): v.to(device) for k, v in tensors.items()
+                          if k.startswith(f"{kind.name}.")} for kind in sites.kinds}
     return FeatureBank(trajectory, sites, branches, meta["feature_steps"], meta["attention_steps"],
-                       StoredSource(resblock, attention, branches), dtype)
+                       StoredSource({kind: t for kind, t in stored.items() if t}, branches), dtype)

@@ -1,18 +1,17 @@
-"""Recording and injecting PnP tensors at the UNet sites (pure torch, no ComfyUI).
+"""Recording and injecting PnP tensors at the sites, per kind of site (pure torch, no ComfyUI).
 
 One UNet call carries a batch of rows: ComfyUI concatenates guidance branches
 ("chunks", listed in ``cond_or_uncond``: 0 the cond, 1 the uncond), each chunk
 holding the same number of rows. Once per sampling evaluation the patch layer
 (``patcher``) asks a handler (``Injector`` or ``Recorder``) for a step context
 from the rows' steps; once per UNet call the context plans a call from
-``cond_or_uncond``; the call is then run at every site:
-
-- ResBlock site ``b``: ``h`` = output of ``output_blocks[b][0].out_layers``,
-  (rows, C, h, w), before the skip add.
-- Attention site ``(b, j)``: ``n`` = input of that transformer's ``attn1``
-  after norm1, (rows, h*w, C). Injecting ``n`` as the q and k input (v keeps
-  the target's own ``n``) is exactly pnp-diffusers' q/k replacement, since
-  q and k are linear projections of it.
+``cond_or_uncond``; the call is then run at every site, ``call.at(kind, site,
+tensor, spatial)``, with the site's tensor for the call's rows (its per-row
+shape and what it is are the kind's, ``families.SiteKind``; in the UNet: the
+ResBlock output ``h`` (rows, C, h, w) and the attn1 input ``n`` (rows, h*w, C),
+injected as the q and k input, which is exactly pnp-diffusers' q/k
+replacement since q and k are linear projections of it). A kind is injected
+for the leading steps of its threshold (``SiteKind.threshold``).
 
 Where the injected tensors come from is a ``sources.FeatureSource``.
 """
@@ -25,13 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from .errors import PnPInputError
+from .families import SiteKind
 from .layers import LayerSites
 from .schedule import InjectionPlan
 
 # cond_or_uncond entry of the cond branch (ComfyUI's convention: 0 = cond, 1 = uncond).
 COND_CHUNK = 0
 
-Site = tuple[int, int]
+# Per kind name, per site: a tensor (what a step, a source or a recording holds).
+SiteTensors = Mapping[str, Mapping[object, torch.Tensor]]
 
 
 def rows_per_chunk(batch: int, cond_or_uncond: list[int]) -> int:
@@ -54,10 +55,9 @@ def branch_of(chunk: int, branches: tuple[str, ...]) -> int:
 
 @dataclass(frozen=True)
 class StepFeatures:
-    """One sampling step's source tensors: ResBlock (branches, C, h, w), attention (branches, h*w, C)."""
+    """One sampling step's source tensors, per kind and site: (branches, *row shape)."""
 
-    resblock: Mapping[int, torch.Tensor]
-    attention: Mapping[Site, torch.Tensor]
+    tensors: SiteTensors
     branches: tuple[str, ...]
 
 
@@ -110,27 +110,22 @@ class InjectingCall:
         index = self.step.row_index(self.row_branches, like.device)
         return stored.to(device=like.device, dtype=like.dtype).index_select(0, index)
 
-    def resblock(self, block: int, h: torch.Tensor) -> torch.Tensor:
-        stored = self.step.features.resblock.get(block)
-        if not self.step.inject_resblocks or stored is None:
-            return h
-        return self.step.blend(h, self._source(stored, h), h.shape[-2:], spatial_dims=2)
-
-    def attention(self, site: Site, n: torch.Tensor, spatial: tuple[int, int]) -> torch.Tensor:
-        stored = self.step.features.attention.get(site)
-        if not self.step.inject_attention or stored is None:
-            return n
-        return self.step.blend(n, self._source(stored, n), spatial, spatial_dims=1)
+    def at(self, kind: SiteKind, site, tensor: torch.Tensor, spatial) -> torch.Tensor:
+        """``tensor`` (rows, *row shape) at ``site`` of ``kind``, blended with the source's where the step
+        injects that kind; ``spatial``: the site's (h, w)."""
+        stored = self.step.features.tensors.get(kind.name, {}).get(site)
+        if not self.step.injects.get(kind.name) or stored is None:
+            return tensor
+        return self.step.blend(tensor, self._source(stored, tensor), spatial, spatial_dims=kind.spatial_dims)
 
 
 @dataclass
 class InjectingStep:
-    """A sampling step that injects: its source features and which kinds apply."""
+    """A sampling step that injects: its source features and, per kind name, whether it injects that kind."""
 
     step: int
     features: StepFeatures
-    inject_resblocks: bool
-    inject_attention: bool
+    injects: Mapping[str, bool]
     blend: Blend
     row_indices: dict
 
@@ -177,15 +172,16 @@ class Injector:
     def injects_at(self, step: int | None) -> bool:
         if step is None or self.blend.strength == 0.0:
             return False
-        return self.plan.injects_features(step) or self.plan.injects_attention(step)
+        return any(self.plan.injects(kind, step) for kind in self.sites.kinds)
 
     def step_context(self, steps: list[int | None], evaluation) -> InjectingStep | None:
         """The context of one sampling evaluation whose rows are at ``steps``, or None if it injects nothing."""
         step = steps[0]
         if any(s != step for s in steps) or not self.injects_at(step):
             return None
-        return InjectingStep(step, self.source.features_at(step, evaluation), self.plan.injects_features(step),
-                             self.plan.injects_attention(step), self.blend, self._row_indices)
+        injects = {kind.name: self.plan.injects(kind, step) for kind in self.sites.kinds}
+        return InjectingStep(step, self.source.features_at(step, evaluation), injects, self.blend,
+                             self._row_indices)
 
 
 class RecordingCall:
@@ -195,13 +191,11 @@ class RecordingCall:
         self.recorder = recorder
         self.rows = rows
 
-    def resblock(self, block: int, h: torch.Tensor) -> torch.Tensor:
-        self.recorder.keep(self.recorder.resblock_store.get(block), h, self.rows, self.recorder.feature_steps)
-        return h
-
-    def attention(self, site: Site, n: torch.Tensor, spatial) -> torch.Tensor:
-        self.recorder.keep(self.recorder.attention_store.get(site), n, self.rows, self.recorder.attention_steps)
-        return n
+    def at(self, kind: SiteKind, site, tensor: torch.Tensor, spatial) -> torch.Tensor:
+        """Keep each recorded row of ``tensor`` at ``site`` of ``kind``; the tensor goes on unchanged."""
+        store = self.recorder.stores.get(kind.name, {}).get(site)
+        self.recorder.keep(store, tensor, self.rows, self.recorder.steps_of[kind.name])
+        return tensor
 
 
 @dataclass(frozen=True)
@@ -236,8 +230,10 @@ class Recorder:
         self.branches = branches
         self.storage_device = storage_device
         self.storage_dtype = storage_dtype
-        self.resblock_store: dict[int, dict[tuple[int, int], torch.Tensor]] = {b: {} for b in sites.resblocks}
-        self.attention_store: dict[Site, dict[tuple[int, int], torch.Tensor]] = {s: {} for s in sites.attention}
+        # Per kind name: the leading steps recorded, and per site its rows by (step, branch).
+        self.steps_of = {kind.name: kind.steps(feature_steps, attention_steps) for kind in sites.kinds}
+        self.stores: dict[str, dict[object, dict[tuple[int, int], torch.Tensor]]] = {
+            kind.name: {site: {} for site in kind_sites} for kind, kind_sites in sites.items()}
 
     def step_context(self, steps: list[int | None], evaluation) -> RecordingStep | None:
         limit = max(self.feature_steps, self.attention_steps)
@@ -251,8 +247,9 @@ class Recorder:
             if key is not None and key[0] < limit:
                 store[key] = tensor[r].to(device=self.storage_device, dtype=self.storage_dtype, copy=True)
 
-    def build(self) -> tuple[dict[int, torch.Tensor], dict[Site, torch.Tensor]]:
-        """Stack what was kept into (steps, branches, ...) tensors; every slot must be filled."""
+    def build(self) -> dict[str, dict[object, torch.Tensor]]:
+        """Stack what was kept into (steps, branches, ...) tensors, per kind and site (a kind recorded for no
+        step has none); every slot must be filled."""
         def stack(store: dict, steps: int, name: str) -> torch.Tensor:
             wanted = [(s, b) for s in range(steps) for b in range(len(self.branches))]
             missing = [k for k in wanted if k not in store]
@@ -261,16 +258,14 @@ class Recorder:
             return torch.stack([torch.stack([store[(s, b)] for b in range(len(self.branches))])
                                 for s in range(steps)])
 
-        resblock = {b: stack(v, self.feature_steps, f"ResBlock {b}")
-                    for b, v in self.resblock_store.items() if self.feature_steps}
-        attention = {s: stack(v, self.attention_steps, f"attention {s}")
-                     for s, v in self.attention_store.items() if self.attention_steps}
-        return resblock, attention
+        return {kind.name: {site: stack(self.stores[kind.name][site], self.steps_of[kind.name],
+                                        f"{kind.label} {kind.spec(site)}") for site in kind_sites}
+                for kind, kind_sites in self.sites.items() if self.steps_of[kind.name]}
 
     def step_features(self, step: int) -> StepFeatures:
         """What was kept at one step (every branch), as a step's source features."""
         def at(store: dict) -> torch.Tensor:
             return torch.stack([store[(step, b)] for b in range(len(self.branches))])
 
-        return StepFeatures({b: at(v) for b, v in self.resblock_store.items() if (step, 0) in v},
-                            {s: at(v) for s, v in self.attention_store.items() if (step, 0) in v}, self.branches)
+        return StepFeatures({kind: {site: at(v) for site, v in store.items() if (step, 0) in v}
+                             for kind, store in self.stores.items()}, self.branches)

@@ -21,7 +21,7 @@ import torch
 
 from .bank import ON_THE_FLY, SOURCE_SINGLE, Trajectory
 from .errors import PnPInputError
-from .injection import Recorder, RecordingStep, StepFeatures
+from .injection import Recorder, RecordingStep, SiteTensors, StepFeatures
 from .layers import LayerSites
 
 # Key of the source prompt among the sampler guider's conditionings.
@@ -60,11 +60,7 @@ class LiveSource:
     mode: str = ON_THE_FLY
 
     @property
-    def resblock(self) -> Mapping[int, torch.Tensor]:
-        return _NOTHING_STORED
-
-    @property
-    def attention(self) -> Mapping[tuple[int, int], torch.Tensor]:
+    def stored(self) -> SiteTensors:
         return _NOTHING_STORED
 
     @property

@@ -13,13 +13,13 @@ PnP patches on a clone, all under the key ``comfyui_pnp``:
   ``transformer_options`` for the UNet calls of that evaluation;
 - a DIFFUSION_MODEL wrapper: once per UNet call the context plans the call
   from ``cond_or_uncond`` and, for that call only, the family's module of
-  each ResBlock site (``resblock_output``; in a UNet ``output_blocks[b][0]
-  .out_layers``, the residual branch before the skip add) is hooked.
-  Hooks and plan are removed in ``finally``;
-- an ``attn1_patch``: at the attention sites (the family's ``attention_site``
-  of the call) it hands ``n`` (the attn1 input
-  after norm1, (rows, h*w, C)) to the call and returns the result as the
-  q/k input, keeping the target's own ``n`` for v. Attention itself stays
+  each site of a ``MODULE_OUTPUT`` kind (``site_module``; the UNet's ResBlock
+  site: ``output_blocks[b][0].out_layers``, the residual branch before the
+  skip add) is hooked. Hooks and plan are removed in ``finally``;
+- an ``attn1_patch``: at the sites of an ``ATTN1_QK_INPUT`` kind (the
+  family's ``site_at`` of the call; the UNet's attention site) it hands ``n``
+  (the attn1 input after norm1, (rows, h*w, C)) to the call and returns the
+  result as the q/k input, keeping the target's own ``n`` for v. Attention itself stays
   ComfyUI's optimized attention, and any attn1 replace patch another node put
   on the model still runs (it receives the injected q and k);
 - with negative prompting, a CALC_COND_BATCH wrapper: the guider's
@@ -43,7 +43,7 @@ from comfy.patcher_extension import WrappersMP
 
 from . import families
 from .bank import ModelIdentity
-from .layers import UNetLayout
+from .families import ATTN1_QK_INPUT, MODULE_OUTPUT
 from .schedule import steps_of_sigmas
 
 PATCH_KEY = "comfyui_pnp"
@@ -57,7 +57,7 @@ NEGATIVE_COND = "pnp_negative"
 @dataclass(frozen=True)
 class ModelFacts:
     identity: ModelIdentity
-    layout: UNetLayout
+    layout: object  # the family's layout (``layout_of``): its sites and their shapes
     sigmas: torch.Tensor  # (1000,) float32: sigma of each training timestep
     latent_format: object  # comfy.latent_formats: process_in (LATENT -> model space), process_out
     family: ModuleType | None = field(default=None, compare=False, repr=False)  # its module of ``families``
@@ -150,7 +150,11 @@ class _SitePatch:
         self.handler = handler
         self.step_sigmas = step_sigmas
         self.negative_alphas = negative_alphas
-        self._attention_sites = frozenset(handler.sites.attention)
+        sites = handler.sites
+        self._hooked = tuple((kind, site) for kind, kind_sites in sites.items() if kind.patch == MODULE_OUTPUT
+                             for site in kind_sites)
+        self._attn1_sites = tuple((kind, frozenset(kind_sites)) for kind, kind_sites in sites.items()
+                                  if kind.patch == ATTN1_QK_INPUT)
 
     def __deepcopy__(self, memo):
         # ModelPatcher.clone deep-copies model_options; share the handler (and the bank) instead.
@@ -194,34 +198,34 @@ class _SitePatch:
         if step is None or step.sites is None or not cond_or_uncond:
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
         call = step.sites.plan_call(list(cond_or_uncond), x.shape[0])
-        unet = executor.class_obj
+        diffusion_model = executor.class_obj
         hooks = []
         try:
             transformer_options[CALL_KEY] = call
-            for block in self.handler.sites.resblocks:
-                hook = partial(self._resblock_hook, block, call)
-                hooks.append(self.family.resblock_output(unet, block).register_forward_hook(hook))
+            for kind, site in self._hooked:
+                hook = partial(self._output_hook, kind, site, call)
+                hooks.append(self.family.site_module(diffusion_model, kind.name, site).register_forward_hook(hook))
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
         finally:
             for hook in hooks:
                 hook.remove()
             transformer_options.pop(CALL_KEY, None)
 
-    def _resblock_hook(self, block, call, module, args, output):
-        return call.resblock(block, output)
+    def _output_hook(self, kind, site, call, module, args, output):
+        return call.at(kind, site, output, output.shape[-2:])
 
     def attn1_patch(self, n, context_attn1, value_attn1, extra_options):
         call = extra_options.get(CALL_KEY)
         if call is None:
             return n, context_attn1, value_attn1
-        site = self.family.attention_site(extra_options)
-        if site is None or site not in self._attention_sites:
-            return n, context_attn1, value_attn1
-        spatial = tuple(extra_options["activations_shape"][-2:])
-        qk_input = call.attention(site, n, spatial)
-        if qk_input is n:
-            return n, context_attn1, value_attn1
-        return qk_input, qk_input, value_attn1
+        for kind, sites in self._attn1_sites:
+            site = self.family.site_at(kind.name, extra_options)
+            if site is not None and site in sites:
+                qk_input = call.at(kind, site, n, tuple(extra_options["activations_shape"][-2:]))
+                if qk_input is n:
+                    break
+                return qk_input, qk_input, value_attn1
+        return n, context_attn1, value_attn1
 
 
 def with_pnp_sites(model, handler, step_sigmas: torch.Tensor, negative_alphas: list[float] | None = None):
@@ -282,7 +286,7 @@ def with_next_timestep_labels(model, next_label: dict[int, int]):
 
 
 def attention_qk(model, site: tuple[int, int], n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """q and k of attention site ``site``'s self-attention (the family's ``self_attention``) for its inputs ``n``
+    """q and k of attention site ``site``'s self-attention (the family's ``query_key``) for its inputs ``n``
     (..., tokens, C).
 
     Runs the model's own ``to_q`` / ``to_k`` (LoRA patches included: the model
@@ -292,8 +296,6 @@ def attention_qk(model, site: tuple[int, int], n: torch.Tensor) -> tuple[torch.T
     """
     comfy.model_management.load_models_gpu([model])
     base = model.model
-    attn1 = families.family_of(model).self_attention(base.diffusion_model, site)
     dtype = base.manual_cast_dtype if base.manual_cast_dtype is not None else base.get_dtype()
     x = n.to(device=model.load_device, dtype=dtype)
-    with torch.no_grad():
-        return attn1.to_q(x).float(), attn1.to_k(x).float(), int(attn1.heads)
+    return families.family_of(model).query_key(base.diffusion_model, site, x)

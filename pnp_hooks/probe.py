@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import patcher, sampling, visualize
+from . import families, patcher, sampling, visualize
 from .bank import LATENT_TO_PIXELS, FeatureBank, check_model, check_one_frame
 from .errors import PnPInputError
+from .families import FEATURE_THRESHOLD, SiteKind
 from .injection import COND_CHUNK, branch_of
 from .layers import LayerSites, first_default_site, parse_site, resolve_sites
 
@@ -33,35 +34,38 @@ class PCAView:
     caption: str
 
 
-def _default_site(bank: FeatureBank, attention: bool, family: str) -> tuple[int, int]:
-    stored = bank.sites.attention if attention else tuple((b, 0) for b in bank.sites.resblocks)
-    return stored[0] if stored else first_default_site(family, attention)
+def _kind_of_view(bank: FeatureBank, view: str) -> SiteKind:
+    """The kind of site of the bank's family whose tensors ``view`` shows."""
+    kinds = families.family_named(bank.trajectory.model.family).KINDS
+    kind = next((kind for kind in kinds if view in kind.views), None)
+    if kind is None:
+        raise PnPInputError(f"The '{view}' view shows a kind of layer this bank's model does not have.")
+    return kind
 
 
-def _resolve_site(bank: FeatureBank, kind: str, layer: str, facts) -> tuple[int, int]:
-    attention = kind != "resblock"
-    if layer.strip().lower() == "auto":
-        site = _default_site(bank, attention, bank.trajectory.model.family)
-    else:
-        site = parse_site(layer, attention)
+def _default_site(bank: FeatureBank, kind: SiteKind) -> tuple[int, int]:
+    stored = bank.sites[kind.name]
+    return kind.block_index(stored[0]) if stored else first_default_site(bank.trajectory.model.family, kind)
+
+
+def _resolve_site(bank: FeatureBank, kind: SiteKind, layer: str, facts):
+    """The site key of ``kind`` that ``layer`` names ("auto": the bank's first), checked against the model."""
+    block, index = _default_site(bank, kind) if layer.strip().lower() == "auto" else parse_site(layer, kind)
+    site = kind.site_of(block, index)
     if facts is not None:
-        spec = f"{site[0]}:{site[1]}" if attention else str(site[0])
-        resolve_sites("" if attention else spec, spec if attention else "", facts.layout)
+        resolve_sites({kind.name: kind.spec(site)}, facts.layout, facts.family.KINDS)
     return site
 
 
-def _stored(bank: FeatureBank, kind: str, site: tuple[int, int], steps: list[int]) -> torch.Tensor | None:
-    """(S, C, h, w) or (S, N, C) from the bank's cond branch, or None if it lacks the site or a step."""
-    if kind == "resblock":
-        store, recorded = bank.resblock.get(site[0]), bank.feature_steps
-    else:
-        store, recorded = bank.attention.get(site), bank.attention_steps
-    if store is None or max(steps) >= recorded:
+def _stored(bank: FeatureBank, kind: SiteKind, site, steps: list[int]) -> torch.Tensor | None:
+    """(S, *row shape) from the bank's cond branch, or None if it lacks the site or a step."""
+    store = bank.stored.get(kind.name, {}).get(site)
+    if store is None or max(steps) >= bank.recorded_steps(kind):
         return None
     return store[steps, branch_of(COND_CHUNK, bank.branches)]
 
 
-def _record_live(model, bank: FeatureBank, kind: str, site: tuple[int, int], steps: list[int]) -> torch.Tensor:
+def _record_live(model, bank: FeatureBank, kind: SiteKind, site, steps: list[int]) -> torch.Tensor:
     """Record only ``site`` at only ``steps`` with the bank's trajectory and source prompt (float32)."""
     if bank.source_conditioning is None:
         raise PnPInputError("This feature bank does not keep its source prompt, so the layer cannot be recorded "
@@ -69,11 +73,12 @@ def _record_live(model, bank: FeatureBank, kind: str, site: tuple[int, int], ste
     trajectory = bank.trajectory
     picked = dataclasses.replace(trajectory, timesteps=tuple(trajectory.timesteps[s] for s in steps),
                                  latents=trajectory.latents[steps])
-    resblock = kind == "resblock"
-    sites = LayerSites((site[0],), ()) if resblock else LayerSites((), (site,))
-    live = sampling.record_bank(model, picked, bank.source_conditioning, sites,
-                                len(steps) if resblock else 0, 0 if resblock else len(steps), torch.float32, 1)
-    return (live.resblock[site[0]] if resblock else live.attention[site])[:, 0]
+    kinds = bank.sites.kinds
+    sites = LayerSites(kinds, {kind.name: (site,)})
+    feature_steps = len(steps) if kind.threshold == FEATURE_THRESHOLD else 0
+    live = sampling.record_bank(model, picked, bank.source_conditioning, sites, feature_steps,
+                                len(steps) - feature_steps, torch.float32, 1)
+    return live.stored[kind.name][site][:, 0]
 
 
 def feature_pca(bank: FeatureBank, kind: str, layer: str, steps_spec: str, model=None, fit: str = "across steps",
@@ -95,23 +100,24 @@ def feature_pca(bank: FeatureBank, kind: str, layer: str, steps_spec: str, model
     elif kind in _NEEDS_MODEL:
         raise PnPInputError(f"The '{kind}' view projects the stored attention inputs with the model's to_q/to_k: "
                             f"connect the MODEL the bank was recorded with to PnP Feature PCA.")
-    site = _resolve_site(bank, kind, layer, facts)
-    recorded = bank.feature_steps if kind == "resblock" else bank.attention_steps
+    site_kind = _kind_of_view(bank, kind)
+    site = _resolve_site(bank, site_kind, layer, facts)
+    recorded = bank.recorded_steps(site_kind)
     steps = visualize.parse_steps(steps_spec, recorded, bank.steps)
 
-    tensors = _stored(bank, kind, site, steps)
+    tensors = _stored(bank, site_kind, site, steps)
     source = "feature bank"
     if tensors is None:
         if model is None:
             raise PnPInputError(
-                f"The feature bank holds {'ResBlock' if kind == 'resblock' else 'attention'} layers "
-                f"{_site_names(bank, kind)} for steps 0-{recorded - 1}; layer {_site_name(kind, site)} at steps "
-                f"{steps} is not among them. Connect the MODEL to record it live, or pick a stored layer/step.")
-        tensors = _record_live(model, bank, kind, site, steps)
+                f"The feature bank holds {site_kind.label} layers "
+                f"{_site_names(bank, site_kind)} for steps 0-{recorded - 1}; layer {_site_name(site_kind, site)} at "
+                f"steps {steps} is not among them. Connect the MODEL to record it live, or pick a stored layer/step.")
+        tensors = _record_live(model, bank, site_kind, site, steps)
         source = "recorded live"
 
     latent_hw = tuple(bank.trajectory.latent_shape[-2:])
-    if kind == "resblock":
+    if site_kind.spatial_dims == 2:
         features = visualize.resblock_tokens(tensors)
         grid_hw = tuple(tensors.shape[-2:])
     else:
@@ -129,16 +135,16 @@ def feature_pca(bank: FeatureBank, kind: str, layer: str, steps_spec: str, model
         height, width = max(1, round(frame_width * height / width)), frame_width
     frames = visualize.upscale(visualize.to_images(rgb, grid_hw), (height, width), upscale)
     timesteps = [bank.trajectory.timesteps[s] for s in steps]
-    caption = (f"{kind} of {_site_name(kind, site)} ({features.dim} features per position, "
+    caption = (f"{kind} of {_site_name(site_kind, site)} ({features.dim} features per position, "
                f"{grid_hw[0]}x{grid_hw[1]}) at steps {', '.join(map(str, steps))} "
                f"(t = {', '.join(map(str, timesteps))}); PCA fit {fit}; {source}")
     return PCAView(frames, visualize.grid(frames, columns), tuple(steps), caption)
 
 
-def _site_name(kind: str, site: tuple[int, int]) -> str:
-    return f"ResBlock {site[0]}" if kind == "resblock" else f"attention {site[0]}:{site[1]}"
+def _site_name(kind: SiteKind, site) -> str:
+    return f"{kind.label} {kind.spec(site)}"
 
 
-def _site_names(bank: FeatureBank, kind: str) -> str:
-    names = ([str(b) for b in bank.resblock] if kind == "resblock" else [f"{b}:{j}" for b, j in bank.attention])
+def _site_names(bank: FeatureBank, kind: SiteKind) -> str:
+    names = [kind.spec(site) for site in bank.stored.get(kind.name, {})]
     return "[" + ", ".join(names) + "]" if names else "none"

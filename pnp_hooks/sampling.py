@@ -243,8 +243,7 @@ def _record_source(model, facts: patcher.ModelFacts, trajectory: Trajectory | Tr
         # The sampler's own schedule only sizes the progress bar: one entry per recorded step, then 0.
         guider.sample(torch.zeros(shape), torch.zeros(shape), sampler, torch.cat([sigmas, sigmas.new_zeros(1)]),
                       callback=_progress(clone, recorded_steps, progress), disable_pbar=_disable_pbar(), seed=0)
-    resblock, attention = recorder.build()
-    return StoredSource(resblock, attention, SOURCE_SINGLE)
+    return StoredSource(recorder.build(), SOURCE_SINGLE)
 
 
 def generate_guidance(model, positive, negative, samples: torch.Tensor, seed: int, steps: int, cfg: float,
@@ -282,9 +281,8 @@ def generate_guidance(model, positive, negative, samples: torch.Tensor, seed: in
                           callback=keep_trajectory, disable_pbar=_disable_pbar(), seed=seed)
     latents = facts.latent_format.process_out(torch.cat([trajectory_x[i] for i in range(steps)]))
     trajectory = Trajectory(facts.identity, tuple(timesteps), latents, steps, "generated")
-    resblock, attention = recorder.build()
     bank = FeatureBank(trajectory, sites, branches, feature_steps, attention_steps,
-                       StoredSource(resblock, attention, branches), storage_dtype, source_conditioning=positive)
+                       StoredSource(recorder.build(), branches), storage_dtype, source_conditioning=positive)
     return bank, final.float().cpu() / facts.family.vp_scale(sigmas[-1])
 
 

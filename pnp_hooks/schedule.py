@@ -119,7 +119,8 @@ def check_fraction(name: str, value: float) -> None:
 
 @dataclass(frozen=True)
 class InjectionPlan:
-    """Which leading steps inject ResBlock features and self-attention q/k."""
+    """Which leading steps inject, per threshold: ResBlock features (``feature_steps``) and self-attention q/k
+    (``attention_steps``); a kind of site follows its own threshold (``SiteKind.threshold``)."""
 
     steps: int
     feature_steps: int
@@ -130,6 +131,10 @@ class InjectionPlan:
                         convention: str = "pnp-diffusers") -> "InjectionPlan":
         return cls(steps, injection_step_count(steps, feature_injection, convention),
                    injection_step_count(steps, attention_injection, convention))
+
+    def injects(self, kind, step: int) -> bool:
+        """Whether ``step`` injects the sites of ``kind`` (a ``families.SiteKind``)."""
+        return step < kind.steps(self.feature_steps, self.attention_steps)
 
     def injects_features(self, step: int) -> bool:
         return step < self.feature_steps

@@ -5,8 +5,9 @@ tensors at every site (``injection.StepFeatures``). The injector asks for them
 once per injecting step and never knows which kind of source it has:
 
 - ``StoredSource`` (here): the tensors recorded by PnP Feature Bank's source
-  pass, ResBlock ``resblock[b]`` (steps, branches, C, h, w) and attention
-  ``attention[(b, j)]`` (steps, branches, h*w, C), kept on ComfyUI's
+  pass, per kind and site ``stored[kind][site]`` (steps, branches, *row shape;
+  in the UNet ``stored["resblock"][b]`` (steps, branches, C, h, w) and
+  ``stored["attention"][(b, j)]`` (steps, branches, h*w, C)), kept on ComfyUI's
   intermediate device; a step's slice moves to the UNet's device where used.
 - ``live_source.LiveSource``: nothing stored; the source pass runs for the
   step in its own UNet call just before the target's (on-the-fly mode).
@@ -24,7 +25,7 @@ from typing import Any, Callable, Mapping, Protocol
 import torch
 
 from .bank import ON_THE_FLY, STORED
-from .injection import StepFeatures
+from .injection import SiteTensors, StepFeatures
 
 
 class FeatureSource(Protocol):
@@ -32,8 +33,7 @@ class FeatureSource(Protocol):
     (``patcher.Evaluation``), which a live source uses to run its pass; a stored one ignores it."""
 
     mode: str  # a name of ``bank.BANK_MODES``
-    resblock: Mapping[int, torch.Tensor]  # what is stored, per site (empty when nothing is)
-    attention: Mapping[tuple[int, int], torch.Tensor]
+    stored: SiteTensors  # what is stored, per kind and site (empty when nothing is)
 
     @property
     def nbytes(self) -> int: ...
@@ -47,23 +47,21 @@ class FeatureSource(Protocol):
 class StoredSource:
     """The tensors PnP Feature Bank recorded, for the leading steps; read-only."""
 
-    resblock: Mapping[int, torch.Tensor]
-    attention: Mapping[tuple[int, int], torch.Tensor]
+    stored: SiteTensors
     branches: tuple[str, ...]
     mode: str = STORED
 
     def __post_init__(self):
-        object.__setattr__(self, "resblock", MappingProxyType(dict(self.resblock)))
-        object.__setattr__(self, "attention", MappingProxyType(dict(self.attention)))
+        object.__setattr__(self, "stored", MappingProxyType(
+            {kind: MappingProxyType(dict(tensors)) for kind, tensors in self.stored.items()}))
 
     @property
     def nbytes(self) -> int:
-        tensors = list(self.resblock.values()) + list(self.attention.values())
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for tensors in self.stored.values() for t in tensors.values())
 
     def features_at(self, step: int, evaluation=None) -> StepFeatures:
-        return StepFeatures({b: t[step] for b, t in self.resblock.items() if step < t.shape[0]},
-                            {s: t[step] for s, t in self.attention.items() if step < t.shape[0]}, self.branches)
+        return StepFeatures({kind: {site: t[step] for site, t in tensors.items() if step < t.shape[0]}
+                             for kind, tensors in self.stored.items()}, self.branches)
 
     def guider_conds(self) -> dict:
         """Extra conditionings the sampler's guider carries for this source: none."""
@@ -103,12 +101,8 @@ class FrameSources:
         return self.record is not None
 
     @property
-    def resblock(self) -> Mapping[int, torch.Tensor]:
+    def stored(self) -> SiteTensors:
         return _NOTHING  # per frame: ``frame_source(i)``
-
-    @property
-    def attention(self) -> Mapping[tuple[int, int], torch.Tensor]:
-        return _NOTHING
 
     @property
     def nbytes(self) -> int:

@@ -213,7 +213,7 @@ class InjectionSpy:
         self.resblock: dict = defaultdict(list)
         spy = self
         plan_call = injection.InjectingStep.plan_call
-        attention, resblock = injection.InjectingCall.attention, injection.InjectingCall.resblock
+        at = injection.InjectingCall.at
 
         def spy_plan_call(step, cond_or_uncond, rows):
             spy.calls.append((step.step, tuple(cond_or_uncond)))
@@ -223,21 +223,15 @@ class InjectionSpy:
             exact = torch.equal(out, source[list(call.row_branches)].to(out))
             store[key].append((call.step.step, out.shape[0], call.row_branches, exact))
 
-        def spy_attention(call, site, n, spatial):
-            out = attention(call, site, n, spatial)
-            if out is not n:
-                record(spy.attention, site, call, out, call.step.features.attention[site])
-            return out
-
-        def spy_resblock(call, block, h):
-            out = resblock(call, block, h)
-            if out is not h:
-                record(spy.resblock, block, call, out, call.step.features.resblock[block])
+        def spy_at(call, kind, site, tensor, spatial):
+            out = at(call, kind, site, tensor, spatial)
+            if out is not tensor:
+                store = spy.attention if kind.name == "attention" else spy.resblock
+                record(store, site, call, out, call.step.features.tensors[kind.name][site])
             return out
 
         monkeypatch.setattr(injection.InjectingStep, "plan_call", spy_plan_call)
-        monkeypatch.setattr(injection.InjectingCall, "attention", spy_attention)
-        monkeypatch.setattr(injection.InjectingCall, "resblock", spy_resblock)
+        monkeypatch.setattr(injection.InjectingCall, "at", spy_at)
 
     def steps(self, kind: str, site) -> list[int]:
         return [event[0] for event in (self.attention if kind == "attention" else self.resblock)[site]]

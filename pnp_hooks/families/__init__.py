@@ -10,19 +10,28 @@ asks the family of a MODEL (``family_of``) or of a recorded identity
 (``family_named``) and never names a model's modules itself.
 
 What a family module provides (see ``unet`` for the reference):
-- ``NAME`` (bank files record it) and ``SITE_KINDS``; ``VARIANTS``: ComfyUI
-  model_config class name -> name shown to users; ``DEFAULTS``: variant ->
-  the paper's default layer specs;
+- ``NAME`` (bank files record it, with its kinds' names); ``KINDS``: its
+  ``SiteKind``s (``families.kinds``); ``VARIANTS``: ComfyUI model_config class name ->
+  name shown to users; ``DEFAULTS``: variant -> {kind name: the paper's
+  default layer spec};
 - ``check(model) -> (prediction, layout, sigmas)``: refuses a model of the
   family PnP cannot run (raises ``PnPInputError`` naming what to change);
-  ``layout_of(diffusion_model)``; ``FINGERPRINT_KEYS``: base weights that
-  identify a checkpoint;
-- site access: ``resblock_output(diffusion_model, block)`` (the module whose
-  output is the ResBlock site), ``attention_site(extra_options)`` (the site an
-  ``attn1_patch`` call is at, or None), ``self_attention(diffusion_model,
-  site)`` (the attention module, for its q/k projections);
+  ``layout_of(diffusion_model)``: a layout with ``available(kind)``,
+  ``where(kind)``, ``num_output_blocks``, ``depth(kind, block)`` and
+  ``site_shape(kind, block, latent_hw)`` (the per-row tensor shape);
+  ``FINGERPRINT_KEYS``: base weights that identify a checkpoint;
+- site access, per the kind's ``patch``: ``site_module(diffusion_model, kind,
+  site)`` (the module whose forward output is a ``MODULE_OUTPUT`` site),
+  ``site_at(kind, extra_options)`` (the site of that kind an ``attn1_patch``
+  call is at, or None), ``query_key(diffusion_model, site, x)`` (q, k and the
+  head count of an attention site's projections, for the PCA views);
 - schedule: ``vp_scale(sigma)``, the factor between ComfyUI's sampling space
   and the family's variance-preserving latent.
+Adding a kind of site to a family touches only the family module: the core
+(layers, injection, sources, bank, bank files, the patch layer, PCA) reads
+every kind-specific fact from its ``SiteKind``; a kind without a node input
+of its own takes its family's default spec. Only a patch point ``patcher``
+does not wire yet (``SiteKind.patch``) needs its wiring there.
 Pure: no ComfyUI imports (a family reads the objects ComfyUI hands it).
 """
 from __future__ import annotations
@@ -31,6 +40,8 @@ from types import ModuleType
 
 from ..errors import PnPInputError
 from . import unet
+from .kinds import (ATTENTION_THRESHOLD, ATTN1_QK_INPUT, FEATURE_THRESHOLD, MODULE_OUTPUT,  # noqa: F401
+                    SiteKind, kinds_named)
 
 FAMILIES: tuple[ModuleType, ...] = (unet,)
 

@@ -1,6 +1,7 @@
 """The UNet family: SD 1.x, SD 2.x and SDXL (ComfyUI's openaimodel ``UNetModel``, discrete VP schedule).
 
-Sites, in ComfyUI/LDM terms:
+Its two kinds of site (``KINDS``: ``RESBLOCK`` and ``ATTENTION``, with their
+node inputs, grammar, thresholds and patch points), in ComfyUI/LDM terms:
 - a ResBlock site ``b`` is the residual branch of ``output_blocks[b][0]``:
   the output of its ``out_layers`` (after the second conv, before the skip
   add), shape (B, C, h, w); the patch layer hooks that module for one UNet call;
@@ -26,10 +27,24 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import PnPInputError
+from .kinds import ATTENTION_THRESHOLD, ATTN1_QK_INPUT, FEATURE_THRESHOLD, MODULE_OUTPUT, SiteKind
 
-# The family's name in bank files, and the kinds of site it has (each kind's tensors are named "{kind}.{site}").
+# The family's name in bank files.
 NAME = "unet"
-SITE_KINDS = ("resblock", "attention")
+# The ResBlock site b: the residual branch of output_blocks[b][0], rows (C, h, w), hooked as a module output.
+RESBLOCK = SiteKind(
+    name="resblock", input="resblock_layers", file_key="resblocks", label="ResBlock", plural="ResBlocks",
+    short="ResBlock", indexed=False, example='"4" or "4,7"', threshold=FEATURE_THRESHOLD, patch=MODULE_OUTPUT,
+    spatial_dims=2, views=("resblock",), file_rank=5)
+# The attention site (b, j): attn1's input of transformer j of output_blocks[b][1], rows (h*w, C), given to
+# attn1_patch; injected as q/k input.
+ATTENTION = SiteKind(
+    name="attention", input="attention_layers", file_key="attention", label="attention", plural="self-attention",
+    short="attention", indexed=True, example='"4-11" or "1-5:0"', threshold=ATTENTION_THRESHOLD,
+    patch=ATTN1_QK_INPUT, spatial_dims=1, views=("self-attention map", "query", "key", "attention input"),
+    file_rank=4)
+# The kinds of site the family has (each kind's tensors are named "{kind}.{site}" in bank files).
+KINDS = (RESBLOCK, ATTENTION)
 # ComfyUI model_config class -> the name users know.
 VARIANTS = {"SD15": "SD 1.x", "SD20": "SD 2.x", "SDXL": "SDXL"}
 # The paper's choice for the SD 1.x/2.x UNet (12 decoder blocks).
@@ -38,11 +53,11 @@ SD_DEFAULT_ATTENTION = "4-11"
 # SDXL (9 decoder blocks; transformers only in blocks 0-5): see docs/choosing-layers.md.
 SDXL_DEFAULT_RESBLOCKS = "1"
 SDXL_DEFAULT_ATTENTION = "1-5:0"
-# Per variant: (resblock_layers, attention_layers) that "auto" stands for.
+# Per variant: the spec "auto" stands for, per kind.
 DEFAULTS = {
-    "SD15": (SD_DEFAULT_RESBLOCKS, SD_DEFAULT_ATTENTION),
-    "SD20": (SD_DEFAULT_RESBLOCKS, SD_DEFAULT_ATTENTION),
-    "SDXL": (SDXL_DEFAULT_RESBLOCKS, SDXL_DEFAULT_ATTENTION),
+    "SD15": {"resblock": SD_DEFAULT_RESBLOCKS, "attention": SD_DEFAULT_ATTENTION},
+    "SD20": {"resblock": SD_DEFAULT_RESBLOCKS, "attention": SD_DEFAULT_ATTENTION},
+    "SDXL": {"resblock": SDXL_DEFAULT_RESBLOCKS, "attention": SDXL_DEFAULT_ATTENTION},
 }
 # Base weights that identify a checkpoint (LoRAs rarely touch these), as keys of ComfyUI's BaseModel.
 FINGERPRINT_KEYS = ("diffusion_model.input_blocks.0.0.weight", "diffusion_model.out.2.weight",
@@ -77,10 +92,29 @@ class UNetLayout:
             h, w = (h + 1) // 2, (w + 1) // 2
         return h, w
 
+    def available(self, kind: str) -> list[int]:
+        """The decoder blocks that have a site of ``kind``."""
+        if kind == RESBLOCK.name:
+            return [b for b in range(self.num_output_blocks) if self.has_resblock[b]]
+        return [b for b in range(self.num_output_blocks) if self.transformer_depth[b] > 0]
+
+    def where(self, kind: str) -> str:
+        """Where the sites of ``kind`` are, for a message."""
+        if kind == RESBLOCK.name:
+            last = self.num_output_blocks - 1
+            return f"this UNet's decoder has blocks 0-{last} and ResBlocks in {self.available(kind)}"
+        return f"this UNet has self-attention only in decoder blocks {self.available(kind)}"
+
+    def depth(self, kind: str, block: int) -> int:
+        """How many sites of ``kind`` block ``block`` has (the index range of an indexed kind)."""
+        if kind == RESBLOCK.name:
+            return int(self.has_resblock[block])
+        return self.transformer_depth[block]
+
     def site_shape(self, kind: str, block: int, latent_hw: tuple[int, int]) -> tuple[int, ...]:
         """Per-row shape at a site: ResBlock (C, h, w), attention (h*w, C)."""
         h, w = self.resolution(block, latent_hw)
-        if kind == "resblock":
+        if kind == RESBLOCK.name:
             return self.resblock_channels[block], h, w
         return h * w, self.attention_channels[block]
 
@@ -133,16 +167,19 @@ def check(model) -> tuple[str, UNetLayout, torch.Tensor]:
 
 # ---------------------------------------------------------------- sites inside ComfyUI's model
 
-def resblock_output(unet, block: int) -> torch.nn.Module:
-    """The module whose forward output is ResBlock site ``block``: ``output_blocks[block][0].out_layers``."""
-    return unet.output_blocks[block][0].out_layers
+def site_module(unet, kind: str, site) -> torch.nn.Module:
+    """The module whose forward output is a ``MODULE_OUTPUT`` site: ResBlock ``b`` is
+    ``output_blocks[b][0].out_layers``."""
+    if kind != RESBLOCK.name:
+        raise KeyError(kind)
+    return unet.output_blocks[site][0].out_layers
 
 
-def attention_site(extra_options: dict) -> tuple[int, int] | None:
-    """The attention site an ``attn1_patch`` call runs at (``block`` = ("output", b), ``block_index`` = j), or
-    None outside the decoder."""
+def site_at(kind: str, extra_options: dict) -> tuple[int, int] | None:
+    """The site of ``kind`` an ``attn1_patch`` call runs at: attention (``block`` = ("output", b),
+    ``block_index`` = j), or None outside the decoder."""
     block = extra_options.get("block")
-    if block is None or block[0] != "output":
+    if kind != ATTENTION.name or block is None or block[0] != "output":
         return None
     return block[1], extra_options.get("block_index", 0)
 
@@ -151,6 +188,14 @@ def self_attention(unet, site: tuple[int, int]) -> torch.nn.Module:
     """``attn1`` of attention site ``(b, j)``: its ``to_q``, ``to_k`` and ``heads`` project the stored inputs."""
     block, index = site
     return unet.output_blocks[block][1].transformer_blocks[index].attn1
+
+
+def query_key(unet, site: tuple[int, int], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """q and k (float32, (..., tokens, heads*dim_head)) of attention site ``site`` for its stored inputs ``x``
+    (already on the model's device and in its dtype), and the head count."""
+    attn1 = self_attention(unet, site)
+    with torch.no_grad():
+        return attn1.to_q(x).float(), attn1.to_k(x).float(), int(attn1.heads)
 
 
 # ---------------------------------------------------------------- schedule

@@ -49,8 +49,8 @@ def test_bank_stores_only_the_injected_steps_in_fp16_and_its_size_is_the_pack_fo
     assert (bank.feature_steps, bank.attention_steps) == (int(STEPS * 0.8) + 1, int(STEPS * 0.5) + 1)
     layout = patcher.model_facts(pnp.model).layout
     shapes = layers.bank_shapes(layout, bank.sites, (8, 8), bank.feature_steps, bank.attention_steps, 1)
-    recorded = {f"resblock.{b}": t for b, t in bank.resblock.items()}
-    recorded.update({f"attention.{b}.{j}": t for (b, j), t in bank.attention.items()})
+    recorded = {f"resblock.{b}": t for b, t in bank.stored["resblock"].items()}
+    recorded.update({f"attention.{b}.{j}": t for (b, j), t in bank.stored["attention"].items()})
     assert {name: tuple(t.shape) for name, t in recorded.items()} == shapes  # what the UNet really produced
     assert all(t.dtype == torch.float16 and t.device.type == "cpu" for t in recorded.values())  # intermediate device
     expected = layers.bank_nbytes(layout, bank.sites, (8, 8), bank.feature_steps, bank.attention_steps, 1, 2)
@@ -59,7 +59,7 @@ def test_bank_stores_only_the_injected_steps_in_fp16_and_its_size_is_the_pack_fo
     assert bank.summary().splitlines() == [f"9 + 6 of 10 steps, 9 sites, {expected / 1e6:.1f} MB fp16",
                                            "ResBlock 4, attention 4-11:0", "inverted guidance image, 64x64 px"]
     on_the_fly = pnp.record(mode="on the fly")
-    assert on_the_fly.nbytes == 0 and not on_the_fly.resblock and not on_the_fly.attention
+    assert on_the_fly.nbytes == 0 and not on_the_fly.stored.get("resblock") and not on_the_fly.stored.get("attention")
     assert "0 feature bytes stored" in on_the_fly.describe()
     assert on_the_fly.summary().startswith("on the fly, 10 steps, 9 sites: nothing stored")
 
@@ -133,9 +133,9 @@ def test_recording_in_batches_gives_the_same_bank(pnp, host):
     worst = 0.0
     for other in (batched, automatic):
         for store in ("resblock", "attention"):
-            for key, t in getattr(one, store).items():
-                assert t.shape == getattr(other, store)[key].shape
-                worst = max(worst, (t - getattr(other, store)[key]).abs().max().item() / t.abs().max().item())
+            for key, t in one.stored[store].items():
+                assert t.shape == other.stored[store][key].shape
+                worst = max(worst, (t - other.stored[store][key]).abs().max().item() / t.abs().max().item())
     # fp32 GEMM rounding of a batch of 4 against 1, relative to each tensor's magnitude: measured ~2e-6 here
     # (the bound leaves room for other CPUs' kernels; a wrong step or row would be of order 1).
     assert worst <= 1e-4, worst
@@ -168,8 +168,8 @@ def test_save_load_sample_gives_exactly_the_in_memory_result(pnp, mode):
     assert trajectory == loaded.trajectory and loaded.trajectory.model == bank.trajectory.model
     assert loaded.trajectory.timesteps == bank.trajectory.timesteps
     assert torch.equal(loaded.trajectory.latents, bank.trajectory.latents)
-    for key, t in list(bank.resblock.items()) + list(bank.attention.items()):
-        stored = loaded.resblock[key] if isinstance(key, int) else loaded.attention[key]
+    for kind, key, t in [(kind, key, t) for kind, store in bank.stored.items() for key, t in store.items()]:
+        stored = loaded.stored[kind][key]
         assert stored.dtype == t.dtype and torch.equal(stored, t)
     assert torch.equal(pnp.sample(features=loaded), pnp.sample(features=bank))
 

@@ -84,9 +84,10 @@ def test_a_format_1_bank_file_loads_as_the_bank_a_fresh_recording_gives(pnp, mod
     assert (loaded.feature_steps, loaded.attention_steps) == (fresh.feature_steps, fresh.attention_steps)
     assert trajectory.model == fresh.trajectory.model and trajectory.timesteps == fresh.trajectory.timesteps
     assert _same(trajectory.latents, fresh.trajectory.latents, exact)
-    assert sorted(loaded.resblock) == sorted(fresh.resblock) and sorted(loaded.attention) == sorted(fresh.attention)
-    for site, t in list(fresh.resblock.items()) + list(fresh.attention.items()):
-        stored = loaded.resblock[site] if isinstance(site, int) else loaded.attention[site]
+    assert all(sorted(loaded.stored.get(kind, {})) == sorted(fresh.stored.get(kind, {}))
+               for kind in ("resblock", "attention"))
+    for kind, site, t in [(kind, site, t) for kind, store in fresh.stored.items() for site, t in store.items()]:
+        stored = loaded.stored[kind][site]
         assert stored.dtype == t.dtype and _same(stored, t, exact)
     assert _same(translated, pnp.sample(features=fresh), exact)
 

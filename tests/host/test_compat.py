@@ -26,7 +26,7 @@ def guidance(models):
 
 def _bank_digest(bank) -> str:
     digest = hashlib.sha256()
-    for store in (bank.resblock, bank.attention):
+    for store in (bank.stored["resblock"], bank.stored["attention"]):
         for key in sorted(store):
             digest.update(str(key).encode())
             digest.update(store[key].float().numpy().tobytes())
@@ -107,9 +107,9 @@ def test_other_attn1_replace_patch_runs_and_receives_injected_qk(guidance):
         block = extra_options["block"][1]
         calls[block] += 1
         call = extra_options.get(pnp_call_key)
-        if call is not None and call.step.inject_attention:
+        if call is not None and call.step.injects["attention"]:
             # the q/k this patch receives are projections of the guidance image's hidden states
-            source = bank.attention[(block, 0)][call.step.step][list(call.row_branches)].to(k.dtype)
+            source = bank.stored["attention"][(block, 0)][call.step.step][list(call.row_branches)].to(k.dtype)
             attn1 = unet.output_blocks[block][1].transformer_blocks[0].attn1
             torch.testing.assert_close(k, attn1.to_k(source), rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(q, attn1.to_q(source), rtol=1e-5, atol=1e-5)

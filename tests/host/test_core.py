@@ -128,7 +128,7 @@ def test_generated_guidance_records_both_cfg_branches(host, sd15, monkeypatch):
     assert bank.branches == ("uncond", "cond")
     assert bank.trajectory.origin == "generated" and bank.trajectory.latents.shape == (STEPS, 4, 8, 8)
     assert torch.isfinite(guidance["samples"]).all()
-    uncond, cond = bank.attention[(4, 0)][0]
+    uncond, cond = bank.stored["attention"][(4, 0)][0]
     assert float((uncond - cond).abs().max()) > 0  # the two branches differ
     spy = InjectionSpy(host, monkeypatch)
     out = sd15.sample(features=bank)
@@ -138,7 +138,7 @@ def test_generated_guidance_records_both_cfg_branches(host, sd15, monkeypatch):
     assert {branches for ev in spy.attention.values() for *_, branches, _ in ev} == {(0, 1)}
     # Regenerating with the same seed is deterministic (the bank is reproducible).
     again = run_node("PnP_GenerateGuidance", **generate)[0]
-    assert torch.equal(again.attention[(4, 0)], bank.attention[(4, 0)])
+    assert torch.equal(again.stored["attention"][(4, 0)], bank.stored["attention"][(4, 0)])
 
 
 def test_negative_prompting_alpha_one_constant_is_off_and_alpha_below_one_changes(host, sd15):
@@ -155,8 +155,8 @@ def test_non_square_latent_runs(host, sd15):
     bank = sd15.record(inversion=inversion)
     out = sd15.sample(features=bank)
     assert out.shape == (1, 4, 8, 13) and torch.isfinite(out).all()
-    assert bank.attention[(11, 0)].shape[-2:] == (8 * 13, 320)
-    assert bank.attention[(4, 0)].shape[-2] == 2 * 4  # 1/4 resolution: ceil(8/4) x ceil(13/4)
+    assert bank.stored["attention"][(11, 0)].shape[-2:] == (8 * 13, 320)
+    assert bank.stored["attention"][(4, 0)].shape[-2] == 2 * 4  # 1/4 resolution: ceil(8/4) x ceil(13/4)
 
 
 def test_progress_previews_and_cancel(host, sd15):

@@ -70,8 +70,8 @@ def test_random_sdxl_checkpoint_loads_as_sdxl_with_sdxl_decoder(host, models):
     assert facts.layout.has_resblock == (True,) * 9
     common = host.pack_module("nodes.common")
     sites = common.resolve_layers(facts, "auto", "auto")
-    assert sites.resblocks == (1,)
-    assert sites.attention == ((1, 0), (2, 0), (3, 0), (4, 0), (5, 0))
+    assert sites["resblock"] == (1,)
+    assert sites["attention"] == ((1, 0), (2, 0), (3, 0), (4, 0), (5, 0))
     errors = host.pack_module("pnp_hooks.errors")
     with pytest.raises(errors.PnPInputError, match=r"transformer of output block 0\) names 10, but it has 10"):
         common.resolve_layers(facts, "1", "0:10")
@@ -122,7 +122,7 @@ def test_injection_fires_exactly_at_the_chosen_sites_steps_and_branches(host, cu
                                                                       expected_steps):
     """The harness's spy on the pack, and pre-hooks on every attn1 of the UNet (independent of the pack)."""
     bank = custom.bank
-    assert bank.sites.resblocks == (0, 4) and bank.sites.attention == CUSTOM_ATTENTION
+    assert bank.sites["resblock"] == (0, 4) and bank.sites["attention"] == CUSTOM_ATTENTION
     spy = InjectionSpy(host, monkeypatch)
     unet = custom.model.model.diffusion_model
     qk_replaced = collections.Counter()

@@ -53,15 +53,19 @@ class ToyNet(torch.nn.Module):
 
 
 class ToyFamily:
-    """The toy's family: what every family module provides (see pnp_hooks/families/__init__.py)."""
+    """The toy's family: what every family module provides (see pnp_hooks/families/__init__.py), with a kind of
+    site of its own ("attn_qk": the q/k input of its self-attention, typed in attention_layers)."""
 
     NAME = "toy"
-    SITE_KINDS = ("attention",)
     VARIANTS = {"ToyConfig": "Toy"}
-    DEFAULTS = {"ToyConfig": ("", "0")}
+    DEFAULTS = {"ToyConfig": {"attn_qk": "0"}}
     FINGERPRINT_KEYS = ("diffusion_model.to_q.weight", "diffusion_model.conv_out.weight")
 
-    def __init__(self, layouts):
+    def __init__(self, families, layouts):
+        self.KINDS = (families.SiteKind(
+            name="attn_qk", input="attention_layers", file_key="attn_qk", label="attention", plural="self-attention",
+            short="attention", indexed=True, example='"0"', threshold=families.ATTENTION_THRESHOLD,
+            patch=families.ATTN1_QK_INPUT, spatial_dims=1, file_rank=4),)
         self.UNetLayout = layouts
 
     def layout_of(self, net):
@@ -71,14 +75,8 @@ class ToyFamily:
         sigmas = model.get_model_object("model_sampling").sigmas.detach().float().cpu()
         return "eps", self.layout_of(model.model.diffusion_model), sigmas
 
-    def resblock_output(self, net, block):
-        raise AssertionError("the toy has no ResBlock site")
-
-    def attention_site(self, extra_options):
+    def site_at(self, kind, extra_options):
         return (0, 0) if extra_options.get("block") == ("output", 0) else None
-
-    def self_attention(self, net, site):
-        return net
 
     @staticmethod
     def vp_scale(sigma):
@@ -92,7 +90,7 @@ def toy(host, monkeypatch):
     import comfy.supported_models
 
     families = host.pack_module("pnp_hooks.families")
-    family = ToyFamily(host.pack_module("pnp_hooks.layers").UNetLayout)
+    family = ToyFamily(families, host.pack_module("pnp_hooks.layers").UNetLayout)
     monkeypatch.setattr(families, "FAMILIES", families.FAMILIES + (family,))
     config = type("ToyConfig", (comfy.supported_models.SD15,), {})({"width": WIDTH})
     torch.manual_seed(0)
@@ -108,8 +106,8 @@ def test_a_family_written_outside_the_pack_runs_through_feature_bank_and_sampler
     inversion = run_node("PnP_DDIMInversion", model=toy, latent=latent, conditioning=prompt, steps=STEPS)[0]
     bank = run_node("PnP_FeatureBank", model=toy, inversion=inversion, conditioning=prompt, bank_dtype="fp32",
                     attention_injection=1.0)[0]
-    assert bank.sites.resblocks == () and bank.sites.attention == ((0, 0),)
-    assert tuple(bank.attention[(0, 0)].shape) == (STEPS, 1, 64, WIDTH)
+    assert bank.sites["resblock"] == () and bank.sites["attn_qk"] == ((0, 0),)
+    assert tuple(bank.stored["attn_qk"][(0, 0)].shape) == (STEPS, 1, 64, WIDTH)
 
     def sample(**inputs):
         return run_node("PnP_Sampler", model=toy, positive=target, negative=prompt, features=bank,

@@ -62,16 +62,16 @@ def test_pca_node_without_model_names_the_missing_input(host, models):
 
 def test_live_recording_equals_the_bank_and_pca_is_repeatable(host, models):
     """A site recorded live (only that site, only the chosen steps) is exactly what the bank recorded."""
-    probe = host.pack_module("pnp_hooks.probe")
+    probe, unet = host.pack_module("pnp_hooks.probe"), host.pack_module("pnp_hooks.families.unet")
     latent = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
     translation = Translation.make(models, latent=latent, steps=10, resblock_layers="4", attention_layers="4-11")
     model, bank = translation.model, translation.bank
     with torch.inference_mode():
         steps = [0, 3, 8]
-        live = probe._record_live(model, bank, "resblock", (4, 0), steps)
-        assert torch.equal(live, bank.resblock[4][steps, 0])
-        live_attn = probe._record_live(model, bank, "attention input", (9, 0), [1, 5])
-        assert torch.equal(live_attn, bank.attention[(9, 0)][[1, 5], 0])
+        live = probe._record_live(model, bank, unet.RESBLOCK, 4, steps)
+        assert torch.equal(live, bank.stored["resblock"][4][steps, 0])
+        live_attn = probe._record_live(model, bank, unet.ATTENTION, (9, 0), [1, 5])
+        assert torch.equal(live_attn, bank.stored["attention"][(9, 0)][[1, 5], 0])
         first = probe.feature_pca(bank, "self-attention map", "6:0", "auto", model)
         again = probe.feature_pca(bank, "self-attention map", "6:0", "auto", model)
         assert torch.equal(first.frames, again.frames) and torch.equal(first.grid, again.grid)

@@ -15,12 +15,12 @@ from find_comfyui import PACK_ROOT
 from pure import PURE_MODULES, pure
 
 bank_file, bank, sources, live_source = pure("bank_file"), pure("bank"), pure("sources"), pure("live_source")
-layers, errors = pure("layers"), pure("errors")
+layers, errors, unet = pure("layers"), pure("errors"), pure("families.unet")
 
 IDENTITY = bank.ModelIdentity("SD15", "eps", "0123456789abcdef", "feedfacecafebeef")
 # A two-level decoder: ResBlock 1 at 2x2 (8 channels), attention 1:0 at 2x2, 2:0 at 4x4 (4 channels).
 LAYOUT = layers.UNetLayout((True, True, True), (0, 1, 1), (8, 8, 4), (0, 8, 4), (1, 1, 0))
-SITES = layers.LayerSites((1,), ((1, 0), (2, 0)))
+SITES = layers.LayerSites(unet.KINDS, {"resblock": (1,), "attention": ((1, 0), (2, 0))})
 
 
 def _bank(mode="stored"):
@@ -32,9 +32,10 @@ def _bank(mode="stored"):
                                 live_source.LiveSource(trajectory, SITES, prompt), torch.float16, prompt)
     shapes = layers.bank_shapes(LAYOUT, SITES, (4, 4), 3, 2, 1)
     resblock = {1: torch.randn(shapes["resblock.1"], generator=g).half()}
-    attention = {s: torch.randn(shapes[f"attention.{s[0]}.{s[1]}"], generator=g).half() for s in SITES.attention}
+    attention = {s: torch.randn(shapes[f"attention.{s[0]}.{s[1]}"], generator=g).half() for s in SITES["attention"]}
     return bank.FeatureBank(trajectory, SITES, bank.SOURCE_SINGLE, 3, 2,
-                            sources.StoredSource(resblock, attention, bank.SOURCE_SINGLE), torch.float16)
+                            sources.StoredSource({"resblock": resblock, "attention": attention}, bank.SOURCE_SINGLE),
+                            torch.float16)
 
 
 def _read(path: Path, **checks):
@@ -61,8 +62,9 @@ def test_write_then_read_gives_the_same_bank(tmp_path, mode):
     loaded, meta = _read(path, identity=IDENTITY, layout=LAYOUT, latent_shape=(4, 4, 4))
     assert meta["mode"] == mode and loaded.mode == mode and loaded.sites == SITES
     assert torch.equal(loaded.trajectory.latents, original.trajectory.latents)
-    for site, tensor in list(original.resblock.items()) + list(original.attention.items()):
-        assert torch.equal((loaded.resblock if isinstance(site, int) else loaded.attention)[site], tensor)
+    for kind, tensors in original.stored.items():
+        for site, tensor in tensors.items():
+            assert torch.equal(loaded.stored[kind][site], tensor)
     if mode == "on the fly":
         [[cross_attn, extras]] = loaded.source_conditioning
         assert torch.equal(cross_attn, original.source_conditioning[0][0])
@@ -195,8 +197,8 @@ def test_files_name_their_family_and_site_kinds_and_format_1_files_still_load(tm
     loaded, meta = _read(path)
     assert (meta["format_version"], meta["family_name"], meta["site_kinds"]) == (1, "unet", ["resblock", "attention"])
     assert loaded.sites == original.sites and loaded.trajectory.model == original.trajectory.model
-    for site, t in original.attention.items():
-        assert torch.equal(loaded.attention[site], t)
+    for site, t in original.stored["attention"].items():
+        assert torch.equal(loaded.stored["attention"][site], t)
     path.unlink()
     bank_file.write_bank(original, path, "b.safetensors")
     _rewrite_metadata_and_hash(path, lambda meta, header: meta.update(site_kinds=["resblock", "attention_v"]))
@@ -209,7 +211,8 @@ def test_a_consistent_forgery_that_does_not_fit_the_model_is_refused_at_load(tmp
     forged = _bank()
     wrong = {1: torch.zeros(3, 1, 6, 2, 2, dtype=torch.float16)}  # 6 channels where the model has 8
     forged = bank.FeatureBank(forged.trajectory, SITES, forged.branches, 3, 2,
-                              sources.StoredSource(wrong, forged.attention, forged.branches), torch.float16)
+                              sources.StoredSource({"resblock": wrong, "attention": forged.stored["attention"]},
+                                                   forged.branches), torch.float16)
     path = tmp_path / "forged.safetensors"
     bank_file.write_bank(forged, path, "forged.safetensors")
     _read(path)  # consistent on its own

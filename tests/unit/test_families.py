@@ -46,10 +46,10 @@ def test_the_unet_family_refuses_inpainting_input_channels():
 
 
 def test_the_attention_site_of_an_attn1_patch_call_is_a_decoder_block_and_transformer():
-    assert unet.attention_site({"block": ("output", 7), "block_index": 1}) == (7, 1)
-    assert unet.attention_site({"block": ("output", 4)}) == (4, 0)
-    assert unet.attention_site({"block": ("input", 4), "block_index": 0}) is None
-    assert unet.attention_site({}) is None
+    assert unet.site_at("attention", {"block": ("output", 7), "block_index": 1}) == (7, 1)
+    assert unet.site_at("attention", {"block": ("output", 4)}) == (4, 0)
+    assert unet.site_at("attention", {"block": ("input", 4), "block_index": 0}) is None
+    assert unet.site_at("attention", {}) is None
 
 
 def test_vp_scale_is_one_over_sqrt_alpha_bar():

@@ -7,9 +7,10 @@ import torch
 from pure import pure
 
 bank, sources, masks, layers, errors = pure("bank"), pure("sources"), pure("masks"), pure("layers"), pure("errors")
+unet = pure("families.unet")
 
 IDENTITY = bank.ModelIdentity("SD15", "eps", "0123456789abcdef", "feedfacecafebeef")
-SITES = layers.LayerSites((1,), ())
+SITES = layers.LayerSites(unet.KINDS, {"resblock": (1,)})
 TIMESTEPS = (751, 501, 251, 1)
 
 
@@ -20,7 +21,7 @@ def _trajectory(seed: int, size: int = 4) -> bank.Trajectory:
 
 def _stored(seed: int) -> sources.StoredSource:
     resblock = {1: torch.randn(3, 1, 8, 2, 2, generator=torch.Generator().manual_seed(seed)).half()}
-    return sources.StoredSource(resblock, {}, bank.SOURCE_SINGLE)
+    return sources.StoredSource({"resblock": resblock}, bank.SOURCE_SINGLE)
 
 
 def _batch_bank(source) -> bank.FeatureBank:
@@ -65,7 +66,7 @@ def test_a_deferred_bank_holds_nothing_and_records_a_frame_when_asked():
     assert frames.source.deferred and frames.nbytes == 0 and asked == []
     one = frames.frame(2, progress=(8, 24))
     assert asked == [(2, {"progress": (8, 24)})]
-    assert torch.equal(one.source.resblock[1], _stored(2).resblock[1])
+    assert torch.equal(one.source.stored["resblock"][1], _stored(2).stored["resblock"][1])
     with pytest.raises(ValueError, match="a source for every frame"):
         sources.FrameSources(bank.STORED, 3, held=(_stored(0),))
 

@@ -8,8 +8,10 @@ from pure import pure
 
 injection, sources, live_source = pure("injection"), pure("sources"), pure("live_source")
 bank, layers, schedule, errors = pure("bank"), pure("layers"), pure("schedule"), pure("errors")
+unet = pure("families.unet")
+RES, ATT = unet.RESBLOCK, unet.ATTENTION
 
-SITES = layers.LayerSites((4,), ((4, 0), (5, 0)))
+SITES = layers.LayerSites(unet.KINDS, {"resblock": (4,), "attention": ((4, 0), (5, 0))})
 
 
 def test_branch_map():
@@ -34,9 +36,9 @@ def test_blend_is_exact_at_both_ends():
 def _stored(branches=bank.SOURCE_CFG, steps=3):
     g = torch.Generator().manual_seed(0)
     b = len(branches)
-    return sources.StoredSource({4: torch.randn(steps, b, 3, 4, 4, generator=g)},
-                                {(4, 0): torch.randn(steps, b, 16, 3, generator=g),
-                                 (5, 0): torch.randn(steps, b, 16, 3, generator=g)}, branches)
+    return sources.StoredSource({"resblock": {4: torch.randn(steps, b, 3, 4, 4, generator=g)},
+                                 "attention": {(4, 0): torch.randn(steps, b, 16, 3, generator=g),
+                                               (5, 0): torch.randn(steps, b, 16, 3, generator=g)}}, branches)
 
 
 def test_injector_takes_each_rows_branch_in_calls_of_any_chunk_order():
@@ -46,13 +48,13 @@ def test_injector_takes_each_rows_branch_in_calls_of_any_chunk_order():
     assert injector.step_context([2], None) is None  # past both thresholds
     assert injector.step_context([0, 1], None) is None  # rows at different steps never inject
     step = injector.step_context([1], None)
-    assert (step.inject_resblocks, step.inject_attention) == (True, False)
+    assert (step.injects["resblock"], step.injects["attention"]) == (True, False)
     call = step.plan_call([1, 0], 2)  # uncond first, as ComfyUI batches them
     assert call.row_branches == (0, 1)
     h = torch.zeros(2, 3, 4, 4)
-    assert torch.equal(call.resblock(4, h), source.resblock[4][1][[0, 1]])
+    assert torch.equal(call.at(RES, 4, h, (4, 4)), source.stored["resblock"][4][1][[0, 1]])
     n = torch.zeros(2, 16, 3)
-    assert call.attention((4, 0), n, (4, 4)) is n  # attention stops after step 0
+    assert call.at(ATT, (4, 0), n, (4, 4)) is n  # attention stops after step 0
     assert injector.step_context([0], None).plan_call([0], 1).row_branches == (1,)
 
 
@@ -67,25 +69,26 @@ def test_recorder_keeps_each_row_under_its_step_and_branch():
     context = recorder.step_context([0, 1], None)  # one source call holding two timesteps
     call = context.plan_call([0], 2)
     h = torch.arange(2 * 3 * 16, dtype=torch.float32).reshape(2, 3, 4, 4)
-    assert call.resblock(4, h) is h
-    call.attention((4, 0), h.flatten(2).transpose(1, 2), (4, 4))
+    assert call.at(RES, 4, h, (4, 4)) is h
+    call.at(ATT, (4, 0), h.flatten(2).transpose(1, 2), (4, 4))
     with pytest.raises(RuntimeError, match="missing"):
         recorder.build()  # attention site (5, 0) was never seen
-    call.attention((5, 0), h.flatten(2).transpose(1, 2), (4, 4))
-    resblock, attention = recorder.build()
+    call.at(ATT, (5, 0), h.flatten(2).transpose(1, 2), (4, 4))
+    built = recorder.build()
+    resblock, attention = built["resblock"], built["attention"]
     assert resblock[4].shape == (2, 1, 3, 4, 4) and torch.equal(resblock[4][1, 0], h[1])
     assert attention[(4, 0)].shape == (1, 1, 16, 3)  # one attention step recorded
-    assert set(recorder.step_features(0).attention) == {(4, 0), (5, 0)}
+    assert set(recorder.step_features(0).tensors["attention"]) == {(4, 0), (5, 0)}
 
 
 def test_stored_source_gives_step_slices_and_its_size():
     source = _stored(bank.SOURCE_SINGLE)
     features = source.features_at(2, None)
-    assert torch.equal(features.resblock[4], source.resblock[4][2])
+    assert torch.equal(features.tensors["resblock"][4], source.stored["resblock"][4][2])
     assert source.nbytes == (3 * 48 + 2 * 3 * 48) * 4
     assert source.mode == "stored" and source.guider_conds() == {}
     with pytest.raises(TypeError):
-        source.resblock[5] = torch.zeros(1)  # read-only
+        source.stored["resblock"][5] = torch.zeros(1)  # read-only
 
 
 class FakeEvaluation:
@@ -100,9 +103,9 @@ class FakeEvaluation:
     def run_alone(self, cond_key, x, sites):
         self.runs.append((cond_key, x))
         call = sites.plan_call([0], 1)
-        call.resblock(4, torch.full((1, 3, 4, 4), float(x.sum())))
-        call.attention((4, 0), torch.ones(1, 16, 3), (4, 4))
-        call.attention((5, 0), torch.zeros(1, 16, 3), (4, 4))
+        call.at(RES, 4, torch.full((1, 3, 4, 4), float(x.sum())), (4, 4))
+        call.at(ATT, (4, 0), torch.ones(1, 16, 3), (4, 4))
+        call.at(ATT, (5, 0), torch.zeros(1, 16, 3), (4, 4))
 
 
 def test_live_source_runs_the_steps_source_pass_alone_and_keeps_its_tensors():
@@ -113,9 +116,9 @@ def test_live_source_runs_the_steps_source_pass_alone_and_keeps_its_tensors():
     features = live.features_at(1, evaluation)
     [(key, x)] = evaluation.runs
     assert key == live_source.SOURCE_COND and torch.equal(x, latents[1:2] * 2)
-    assert torch.equal(features.resblock[4], torch.full((1, 3, 4, 4), 32.0))
+    assert torch.equal(features.tensors["resblock"][4], torch.full((1, 3, 4, 4), 32.0))
     assert features.branches == bank.SOURCE_SINGLE
-    assert live.nbytes == 0 and not live.resblock and live.guider_conds() == {live_source.SOURCE_COND:
+    assert live.nbytes == 0 and not live.stored and live.guider_conds() == {live_source.SOURCE_COND:
                                                                               [["prompt", {}]]}
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from functools import partial
 
 import torch
 
@@ -30,7 +31,7 @@ import latent_preview
 from . import families, flow_solvers, host_api
 from .errors import PnPInputError
 from .families import flux as flux_family
-from .flux_bank import FluxBank
+from .flux_bank import FluxBank, FluxInversion
 
 PATCH_KEY = "comfyui_pnp.flux"
 # The first ComfyUI whose FLUX blocks call attn1_patch (with block_type / block_index) that PnP was tested on.
@@ -69,7 +70,7 @@ def check_model(model) -> flux_family.FluxLayout:
     if families.family_of(model) is not flux_family:
         raise PnPInputError(f"This is the FLUX path of PnP; the MODEL connected is {families.variant_of(model)}.")
     check_host()
-    _, layout, _ = flux_family.check(model)
+    _, layout, _ = flux_family.check_flux(model)
     return layout
 
 
@@ -149,10 +150,11 @@ def _clone(model, patch: _VPatch):
     return clone
 
 
-def _run(clone, conditioning, solver: str, noise: torch.Tensor, latent: torch.Tensor, times: torch.Tensor):
-    """One solver pass through ComfyUI's CFGGuider; the pass's end point in model space (float32, CPU)."""
+def _run(clone, conditioning, function, noise: torch.Tensor, latent: torch.Tensor, times: torch.Tensor,
+         steps: int):
+    """One pass of the KSAMPLER ``function`` through ComfyUI's CFGGuider (cfg 1): the pass's end point in model
+    space (float32, CPU) and the guider's output (LATENT space)."""
     kept = {}
-    function = flow_solvers.FUNCTIONS[solver]
 
     def solve(model, x, sigmas, extra_args=None, callback=None, disable=None):
         kept["x"] = function(model, x, sigmas, extra_args, callback, disable,
@@ -162,23 +164,43 @@ def _run(clone, conditioning, solver: str, noise: torch.Tensor, latent: torch.Te
     guider = comfy.samplers.CFGGuider(clone)
     guider.set_conds(conditioning, [])
     guider.set_cfg(1.0)
-    callback = latent_preview.prepare_callback(clone, len(times) - 1)
+    callback = latent_preview.prepare_callback(clone, steps)
     out = guider.sample(noise, latent, comfy.samplers.KSAMPLER(solve), times, callback=callback,
                         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0)
     return kept["x"].float().cpu(), out
 
 
-def invert(model, samples: torch.Tensor, conditioning, steps: int, solver: str = flow_solvers.RF_SOLVER,
-           blocks: str = flux_family.DEFAULT_BLOCKS, inject: int = 3,
-           storage_dtype: torch.dtype = torch.float32) -> FluxBank:
-    """Invert a LATENT (1, 16, H, W) from t = 0 to 1 (source ``conditioning``, guidance 1) and record V at the
-    single ``blocks`` for the first ``inject`` denoising steps: the bank ``sample`` translates from."""
-    layout = check_model(model)
-    _check_latent(samples, model)
+def _observing(solver: str, times: tuple[float, ...], inputs: dict):
+    """The solver, keeping the input (latent, time) of every model evaluation under its key (inversion)."""
+    function = flow_solvers.FUNCTIONS[solver]
+
+    def observed(model, x, sigmas, extra_args=None, callback=None, disable=None, check_interrupt=None):
+        def evaluate(latent, sigma, **kwargs):
+            time = float(sigma[0])
+            inputs[flux_family.evaluation_key(time, times, inverse=True)] = (latent.float().cpu().clone(), time)
+            return model(latent, sigma, **kwargs)
+
+        return function(evaluate, x, sigmas, extra_args, callback, disable, check_interrupt)
+
+    return observed
+
+
+def _check_recording(solver: str, steps: int, inject: int) -> None:
     if solver not in flow_solvers.SOLVERS:
         raise PnPInputError(f"solver must be one of {', '.join(flow_solvers.SOLVERS)}, got {solver!r}.")
     if not 0 <= inject <= steps:
-        raise PnPInputError(f"inject must be between 0 and steps ({steps}), got {inject}.")
+        raise PnPInputError(f"inject must be between 0 and the steps ({steps}), got {inject}.")
+
+
+def invert(model, samples: torch.Tensor, conditioning, steps: int, solver: str = flow_solvers.RF_SOLVER,
+           blocks: str = flux_family.DEFAULT_BLOCKS, inject: int = 0,
+           storage_dtype: torch.dtype = torch.float32) -> FluxBank:
+    """Invert a LATENT (1, 16, H, W) from t = 0 to 1 (source ``conditioning``, guidance 1), as the official code:
+    V at the single ``blocks`` is recorded in the same pass for the first ``inject`` denoising steps (``inject`` 0:
+    none; ``record_bank`` records from ``bank.inversion`` later). Returns the bank ``sample`` translates from."""
+    layout = check_model(model)
+    _check_latent(samples, model)
+    _check_recording(solver, steps, inject)
     chosen = flux_family.blocks_of(blocks, layout)
     variant = families.variant_of(model)
     tokens = flux_family.image_tokens(tuple(samples.shape[-2:]))
@@ -186,10 +208,44 @@ def invert(model, samples: torch.Tensor, conditioning, steps: int, solver: str =
     as_floats = tuple(float(t) for t in times)
     patch = _VPatch(as_floats, chosen, inverse=True, inject=inject, storage_dtype=storage_dtype)
     source = _with_guidance(conditioning, flux_family.INVERSION_GUIDANCE)
-    inverted, _ = _run(_clone(model, patch), source, solver, torch.zeros_like(samples), samples,
-                       times.flip(0))
-    return FluxBank(variant, _fingerprint(model), solver, as_floats, chosen, inject, inverted, patch.recorded,
-                    int(conditioning[0][0].shape[1]))
+    inputs = {}
+    inverted, _ = _run(_clone(model, patch), source, _observing(solver, as_floats, inputs), torch.zeros_like(samples),
+                       samples, times.flip(0), steps)
+    inversion = FluxInversion(variant, _fingerprint(model), solver, as_floats, inverted, inputs)
+    return FluxBank(inversion, chosen, inject, patch.recorded, int(conditioning[0][0].shape[1]))
+
+
+def _replay(model, x, sigmas, extra_args=None, callback=None, disable=None, check_interrupt=None, inputs=()):
+    """KSAMPLER function: the model on each stored (latent, time) of ``inputs`` (the source pass of a bank);
+    ``x`` is returned unchanged."""
+    extra_args = {} if extra_args is None else extra_args
+    for i, (latent, time) in enumerate(inputs):
+        if check_interrupt is not None:
+            check_interrupt()
+        model(latent.to(x), torch.full((x.shape[0],), time, dtype=torch.float32, device=x.device), **extra_args)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": torch.tensor(time), "sigma_hat": torch.tensor(time), "denoised": x})
+    return x
+
+
+def record_bank(model, inversion: FluxInversion, conditioning, blocks: str = flux_family.DEFAULT_BLOCKS,
+                inject: int = 3, storage_dtype: torch.dtype = torch.float32) -> FluxBank:
+    """Record V at the single ``blocks`` for the first ``inject`` denoising steps from a stored inversion: the model
+    runs again on the inputs the inversion evaluated (source ``conditioning``, guidance 1), so the bank is the one
+    the inversion would have recorded (bit for bit on the same device), at one model call per recorded evaluation."""
+    layout = check_model(model)
+    inversion.check_model(families.variant_of(model), _fingerprint(model))
+    _check_recording(inversion.solver, inversion.steps, inject)
+    chosen = flux_family.blocks_of(blocks, layout)
+    patch = _VPatch(inversion.times, chosen, inverse=True, inject=inject, storage_dtype=storage_dtype)
+    wanted = [inversion.inputs[key] for key in sorted(inversion.inputs) if key[0] < inject] if chosen else []
+    if wanted:
+        source = _with_guidance(conditioning, flux_family.INVERSION_GUIDANCE)
+        shape = inversion.inverted.shape
+        replay = partial(_replay, inputs=tuple(wanted))
+        sigmas = torch.tensor([time for _, time in wanted] + [0.0], dtype=torch.float32)
+        _run(_clone(model, patch), source, replay, torch.zeros(shape), torch.zeros(shape), sigmas, len(wanted))
+    return FluxBank(inversion, chosen, inject, patch.recorded, int(conditioning[0][0].shape[1]))
 
 
 def sample(model, bank: FluxBank, conditioning, guidance: float = flux_family.DEFAULT_GUIDANCE,
@@ -202,6 +258,6 @@ def sample(model, bank: FluxBank, conditioning, guidance: float = flux_family.DE
     patch = _VPatch(bank.times, bank.blocks if inject else (), inverse=False, inject=bank.inject, bank=bank)
     target = _with_guidance(conditioning, guidance)
     times = torch.tensor(bank.times, dtype=torch.float32)
-    _, out = _run(_clone(model, patch), target, bank.solver, bank.inverted, torch.zeros_like(bank.inverted),
-                  times)
+    _, out = _run(_clone(model, patch), target, flow_solvers.FUNCTIONS[bank.solver], bank.inverted,
+                  torch.zeros_like(bank.inverted), times, bank.steps)
     return {"samples": out}, patch.injected

@@ -15,6 +15,8 @@ What a family module provides (see ``unet`` for the reference):
   the paper's default layer specs;
 - ``check(model) -> (prediction, layout, sigmas)``: refuses a model of the
   family PnP cannot run (raises ``PnPInputError`` naming what to change);
+  the UNet passes ask it (``flux`` refuses there: FLUX has its own path,
+  ``flux_sampling``, which asks ``flux.check_flux``);
   ``layout_of(diffusion_model)``; ``FINGERPRINT_KEYS``: base weights that
   identify a checkpoint;
 - site access: ``resblock_output(diffusion_model, block)`` (the module whose

@@ -93,6 +93,17 @@ def is_distilled_guidance(variant: str) -> bool:
 
 
 def check(model) -> tuple[str, FluxLayout, torch.Tensor]:
+    """The seam's check, asked by the UNet passes (DDIM inversion, source pass, PnP sampling): they cannot run
+    FLUX, so it refuses with what to load. The FLUX path asks ``check_flux``."""
+    variant = type(model.model.model_config).__name__
+    raise PnPInputError(
+        f"PnP's DDIM nodes run SD 1.x, SD 2.x and SDXL; this MODEL is {VARIANTS.get(variant, variant)}, which they "
+        f"cannot run (FLUX is translated by RF-Solver-Edit / FireFlow inversion, not DDIM). Load an SD 1.x, SD 2.x "
+        f"or SDXL checkpoint."
+    )
+
+
+def check_flux(model) -> tuple[str, FluxLayout, torch.Tensor]:
     """A FLUX MODEL PnP runs: ("flow", layout, the model's sigma table float32 on the CPU); raises PnPInputError
     naming what to change otherwise."""
     sampling = model.get_model_object("model_sampling")

@@ -242,3 +242,42 @@ def test_the_given_model_is_left_unchanged(host, flux):
     after = (repr(model.model_options), dict(model.object_patches), model.get_model_object("model_sampling"))
     assert before == after
     assert type(model.get_model_object("model_sampling")).calculate_denoised.__qualname__.startswith("CONST")
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_a_bank_recorded_from_the_stored_inversion_is_the_one_the_inversion_records(host, flux, recipe):
+    """``record_bank`` runs the model again on the inputs the inversion evaluated (kept in ``bank.inversion``):
+    the same V bit for bit, at one model call per recorded evaluation, so an inversion serves banks of other
+    blocks and steps without inverting again."""
+    model, _ = flux("flux_dev_tiny")
+    latent = _latent()
+    if not _has_flux_patches(host):
+        _refused(host, model, latent)
+        return
+    flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
+    solver, steps, inject, blocks, _, _ = RECIPES[recipe]
+    fmt = model.get_model_object("latent_format")
+    source, _ = _conditioning(SOURCE)
+    with torch.inference_mode():
+        in_pass = flux_sampling.invert(model, fmt.process_out(latent.clone()), source, steps, solver=solver,
+                                       blocks=blocks, inject=inject)
+        plain = flux_sampling.invert(model, fmt.process_out(latent.clone()), source, steps, solver=solver)
+        with TransformerCalls(model) as calls:
+            later = flux_sampling.record_bank(model, plain.inversion, source, blocks=blocks, inject=inject)
+    assert plain.values == {} and len(plain.inversion.inputs) == {"rf-solver": 2 * steps, "fireflow": steps + 1}[solver]
+    assert torch.equal(plain.inverted, in_pass.inverted)
+    assert set(later.values) == set(in_pass.values) and len(later.values) > 0
+    assert all(torch.equal(later.values[key], in_pass.values[key]) for key in later.values)
+    evaluations = {key[:2] for key in later.values}
+    assert calls.count == len(evaluations) == {"rf-solver": 2 * inject, "fireflow": inject}[solver]
+
+
+def test_the_sd_nodes_refuse_a_flux_model_with_what_to_load(host, flux):
+    """PnP DDIM Inversion (the UNet path) given a FLUX MODEL stops at once, naming what it runs."""
+    model, _ = flux("flux_dev_tiny")
+    errors = host.pack_module("pnp_hooks.errors")
+    source, _ = _conditioning(SOURCE)
+    with pytest.raises(errors.PnPInputError, match="DDIM nodes run SD 1.x, SD 2.x and SDXL; this MODEL is FLUX.1 "
+                                                   "dev, which they cannot run"):
+        run_node("PnP_DDIMInversion", model=model, latent={"samples": torch.zeros(1, 16, 8, 8)},
+                 conditioning=source, steps=3)

@@ -32,14 +32,16 @@ def _model(config: str = "Flux", bases=("ModelSamplingFlux", "CONST"), in_channe
 def test_flux_dev_and_schnell_are_the_flux_family_and_checked():
     assert families.family_of(_model("Flux")) is flux
     assert families.family_of(_model("FluxSchnell", bases=("ModelSamplingDiscreteFlow", "CONST"))) is flux
-    prediction, layout, sigmas = flux.check(_model())
+    prediction, layout, sigmas = flux.check_flux(_model())
     assert prediction == "flow" and sigmas.dtype == torch.float32
     assert layout == flux.FluxLayout(19, 38, 3072, 24) and layout.head_dim == 128
     assert layout.site_shape(512, 4096) == (24, 4608, 128)
     with pytest.raises(errors.PnPInputError, match="rectified-flow schedule.*Remove the ModelSampling"):
-        flux.check(_model(bases=("ModelSamplingDiscrete", "EPS")))
+        flux.check_flux(_model(bases=("ModelSamplingDiscrete", "EPS")))
     with pytest.raises(errors.PnPInputError, match="takes 384 input channels.*with 64"):
-        flux.check(_model(in_channels=384))  # FLUX.1 Fill
+        flux.check_flux(_model(in_channels=384))  # FLUX.1 Fill
+    with pytest.raises(errors.PnPInputError, match="DDIM nodes run SD 1.x, SD 2.x and SDXL; this MODEL is FLUX.1 dev"):
+        flux.check(_model())  # what the UNet passes ask
     with pytest.raises(errors.PnPInputError, match="the MODEL connected is Chroma"):
         families.family_of(_model("Chroma"))
 
@@ -138,9 +140,12 @@ def test_fireflow_reuses_the_midpoint_velocity_within_a_pass_only():
 
 def test_the_bank_is_immutable_and_checks_its_model():
     values = {(0, True, 20): torch.zeros(1, 1, 3, 4)}
-    bank = flux_bank.FluxBank("Flux", "abc", "fireflow", (1.0, 0.5, 0.0), (20,), 1, torch.zeros(1, 16, 2, 2), values,
-                              1)
+    inputs = {(0, True): (torch.zeros(1, 16, 2, 2), 0.75)}
+    inversion = flux_bank.FluxInversion("Flux", "abc", "fireflow", (1.0, 0.5, 0.0), torch.zeros(1, 16, 2, 2), inputs)
+    bank = flux_bank.FluxBank(inversion, (20,), 1, values, 1)
     values[(1, True, 20)] = torch.zeros(1)
+    inputs[(1, True)] = (torch.zeros(1), 0.25)
+    assert set(inversion.inputs) == {(0, True)} and bank.solver == "fireflow" and bank.times == (1.0, 0.5, 0.0)
     assert set(bank.values) == {(0, True, 20)} and bank.nbytes == 48 and bank.steps == 2
     assert bank.value(0, True, 20) is not None and bank.value(0, False, 20) is None
     with pytest.raises(TypeError):
@@ -148,5 +153,5 @@ def test_the_bank_is_immutable_and_checks_its_model():
     with pytest.raises(AttributeError):
         bank.inject = 2
     bank.check_model("Flux", "abc")
-    with pytest.raises(errors.PnPInputError, match="recorded with another model"):
+    with pytest.raises(errors.PnPInputError, match="This FLUX bank was made with another model \(Flux\); connect the MODEL"):
         bank.check_model("FluxSchnell", "abc")

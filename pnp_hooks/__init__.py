@@ -7,8 +7,12 @@ A map of the core, lowest layer first (a module imports only from the lines abov
   uses, checked at start-up), ``batching`` (timesteps per source-pass call).
 - Model families: ``families`` (the registry and what a family provides),
   ``families.unet`` (SD 1.x/2.x/SDXL: recognition and checks, decoder layout,
-  default sites, the modules a site lives in, the VP schedule factor). Nothing
-  else names a model's modules.
+  default sites, the modules a site lives in, the VP schedule factor),
+  ``families.flux`` (FLUX.1 dev/schnell: checks, layout, the official schedule,
+  the single-block site of an attn1_patch call, the key rule, bank size).
+  Nothing else names a model's modules.
+- FLUX values and solvers: ``flow_solvers`` (RF-Solver, FireFlow, Euler as
+  KSAMPLER functions on velocities), ``flux_bank`` (the inversion and its V bank).
 - What users choose: ``schedule`` (timesteps, injection thresholds,
   negative-prompt schedules), ``layers`` (layer specs read against a family's
   layout), ``masks`` (a MASK as injection weights).

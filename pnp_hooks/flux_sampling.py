@@ -55,6 +55,16 @@ def check_host() -> None:
                             f"ComfyUI is {version}: update ComfyUI (SD 1.x/2.x/SDXL work on this one).")
 
 
+def is_flux(model) -> bool:
+    """Whether the MODEL takes the FLUX path (PnPInputError for a model no family supports)."""
+    return families.family_of(model) is flux_family
+
+
+def noise_latent(model, inversion: FluxInversion) -> dict:
+    """The inversion's end point (t = 1) as a LATENT, for other samplers."""
+    return {"samples": model.get_model_object("latent_format").process_out(inversion.inverted.clone())}
+
+
 def _fingerprint(model) -> str:
     """Hash of a few base (un-LoRA'd) weights, from the patcher's backup when patched in place."""
     digest = hashlib.sha256()
@@ -81,8 +91,11 @@ def _check_latent(samples: torch.Tensor, model) -> None:
                             f"VAE, batch 1); got shape {list(samples.shape)}.")
 
 
-def _with_guidance(conditioning, guidance: float):
-    """The conditioning with FLUX guidance set (what the FluxGuidance node does), entries copied."""
+def _with_guidance(conditioning, guidance: float | None):
+    """The conditioning with FLUX guidance set (what the FluxGuidance node does), entries copied; ``guidance``
+    None keeps the conditioning's own (a FluxGuidance node's, else ComfyUI's default)."""
+    if guidance is None:
+        return conditioning
     return [[tensor, {**options, "guidance": guidance}] for tensor, options in conditioning]
 
 
@@ -248,10 +261,10 @@ def record_bank(model, inversion: FluxInversion, conditioning, blocks: str = flu
     return FluxBank(inversion, chosen, inject, patch.recorded, int(conditioning[0][0].shape[1]))
 
 
-def sample(model, bank: FluxBank, conditioning, guidance: float = flux_family.DEFAULT_GUIDANCE,
+def sample(model, bank: FluxBank, conditioning, guidance: float | None = flux_family.DEFAULT_GUIDANCE,
            inject: bool = True) -> tuple[dict, list[tuple[int, bool, int]]]:
-    """Denoise the bank's inverted noise (t = 1 to 0) with the target ``conditioning`` at FLUX ``guidance``,
-    putting the bank's V in place wherever it holds one (``inject`` False: plain denoising). Returns the LATENT
+    """Denoise the bank's inverted noise (t = 1 to 0) with the target ``conditioning`` at FLUX ``guidance`` (None:
+    the conditioning's own, as set by FluxGuidance), putting the bank's V in place wherever it holds one (``inject`` False: plain denoising). Returns the LATENT
     and the keys injected, in order."""
     check_model(model)
     bank.check_model(families.variant_of(model), _fingerprint(model))

@@ -281,3 +281,22 @@ def test_the_sd_nodes_refuse_a_flux_model_with_what_to_load(host, flux):
                                                    "dev, which they cannot run"):
         run_node("PnP_DDIMInversion", model=model, latent={"samples": torch.zeros(1, 16, 8, 8)},
                  conditioning=source, steps=3)
+
+
+def test_guidance_none_keeps_the_target_conditionings_own_flux_guidance(host, flux):
+    """``sample(guidance=None)`` reads the FLUX guidance a FluxGuidance node put on the target conditioning."""
+    model, reference = flux("flux_dev_tiny")
+    latent = _latent()
+    if not _has_flux_patches(host):
+        _refused(host, model, latent)
+        return
+    flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
+    fmt = model.get_model_object("latent_format")
+    source, _ = _conditioning(SOURCE)
+    target, _ = _conditioning(TARGET)
+    (guided,) = run_node("FluxGuidance", conditioning=target, guidance=3.0)
+    with torch.inference_mode():
+        bank = flux_sampling.invert(model, fmt.process_out(latent.clone()), source, 4, blocks="20-37", inject=2)
+        out, _ = flux_sampling.sample(model, bank, guided, guidance=None)
+    theirs = _reference(reference, latent, "rf-solver-edit", 2, guidance=3.0)
+    assert (fmt.process_in(out["samples"].clone()) - theirs.latent).abs().max().item() <= PARITY_TOL

@@ -264,8 +264,8 @@ def record_bank(model, inversion: FluxInversion, conditioning, blocks: str = flu
 def sample(model, bank: FluxBank, conditioning, guidance: float | None = flux_family.DEFAULT_GUIDANCE,
            inject: bool = True) -> tuple[dict, list[tuple[int, bool, int]]]:
     """Denoise the bank's inverted noise (t = 1 to 0) with the target ``conditioning`` at FLUX ``guidance`` (None:
-    the conditioning's own, as set by FluxGuidance), putting the bank's V in place wherever it holds one (``inject`` False: plain denoising). Returns the LATENT
-    and the keys injected, in order."""
+    the conditioning's own, as set by FluxGuidance), putting the bank's V in place wherever it holds one (``inject``
+    False: plain denoising). Returns the LATENT and the keys injected, in order."""
     check_model(model)
     bank.check_model(families.variant_of(model), _fingerprint(model))
     patch = _VPatch(bank.times, bank.blocks if inject else (), inverse=False, inject=bank.inject, bank=bank)

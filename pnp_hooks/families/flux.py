@@ -116,7 +116,8 @@ def check_flux(model) -> tuple[str, FluxLayout, torch.Tensor]:
         )
     flux = model.model.diffusion_model
     latent_channels = model.get_model_object("latent_format").latent_channels
-    if getattr(flux, "in_channels", None) != latent_channels * _PATCH * _PATCH or getattr(flux, "patch_size", None) != _PATCH:
+    in_channels, patch = getattr(flux, "in_channels", None), getattr(flux, "patch_size", None)
+    if in_channels != latent_channels * _PATCH * _PATCH or patch != _PATCH:
         raise PnPInputError(
             f"This FLUX transformer takes {getattr(flux, 'in_channels', '?')} input channels (a Fill, Redux or "
             f"control model); PnP needs a plain FLUX.1 text-to-image model with {latent_channels * 4}."

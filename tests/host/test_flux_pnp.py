@@ -62,7 +62,9 @@ def _model_by_hand(layout: str, state_dict: dict):
     import comfy.supported_models
 
     config_class = getattr(comfy.supported_models, fc.EXPECTED_DETECTION[layout][0])
-    fields = {f.name for f in dataclasses.fields(__import__("comfy.ldm.flux.model", fromlist=["FluxParams"]).FluxParams)}
+    import comfy.ldm.flux.model
+
+    fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
     unet_config = {k: v for k, v in fc.flux_params(layout).items() if k in fields}
     config = config_class({**unet_config, "image_model": "flux"})
     config.set_inference_dtype(torch.float32, None)
@@ -91,7 +93,8 @@ def flux(host):
             else:
                 model = _model_by_hand(layout, state_dict)
             assert type(model.model.model_config).__name__ == fc.EXPECTED_DETECTION[layout][0]
-            transformer = ref.diffusers_flux_from_comfy(model.model.diffusion_model.state_dict(), fc.flux_params(layout))
+            weights = model.model.diffusion_model.state_dict()
+            transformer = ref.diffusers_flux_from_comfy(weights, fc.flux_params(layout))
             loaded[layout] = (model, ref.OfficialFlux(transformer))
         return loaded[layout]
 
@@ -172,7 +175,7 @@ def test_flux_pnp_equals_the_official_algorithm(host, flux, layout, recipe):
     if not _has_flux_patches(host):
         _refused(host, model, latent)
         return
-    solver, steps, inject, blocks, _, _ = RECIPES[recipe]
+    solver, steps, inject, _, _, _ = RECIPES[recipe]
     ours_on, bank, injected, nfe = _ours(host, model, latent, recipe, inject)
     theirs_on = _reference(reference, latent, recipe, inject)
     ours_off, bank_off, injected_off, _ = _ours(host, model, latent, recipe, 0)
@@ -327,7 +330,8 @@ def test_the_pnp_nodes_run_flux_as_the_official_algorithm(host, flux, recipe):
     err = (ref.pack(fmt.process_in(out["samples"].clone())) - ref.pack(theirs.latent)).abs().max().item()
     print(f"\nnodes, schnell {recipe}: max |ours - reference| {err:.2e}; bank {bank.nbytes} B")
     assert err <= PARITY_TOL
-    assert (fmt.process_in(noise["samples"].clone()) - ref.unpack(theirs.inverted, *LATENT_HW)).abs().max() <= PARITY_TOL
+    noise_err = (fmt.process_in(noise["samples"].clone()) - ref.unpack(theirs.inverted, *LATENT_HW)).abs().max()
+    assert noise_err <= PARITY_TOL
     assert bank.nbytes == theirs.store_bytes > 0
 
     errors = host.pack_module("pnp_hooks.errors")

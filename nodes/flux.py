@@ -72,6 +72,13 @@ def record(model, inversion, conditioning, resblock_layers: str, attention_layer
     return bank
 
 
+def refuse_flux_bank(features, node: str) -> None:
+    """The nodes that read SD banks (file format, PCA pictures, threshold sweep) refuse a FLUX bank by name."""
+    if isinstance(features, (FluxBank, FluxInversion)):
+        raise PnPInputError(f"{node} takes a bank recorded with an SD model; this one is a FLUX bank, which goes to "
+                            f"PnP Sampler.")
+
+
 def check_sampler_options(negative_prompt=None, mask=None, injection_strength=1.0, start=None, **_) -> None:
     """The PnP Sampler options the FLUX path does not run yet, refused by name."""
     if negative_prompt is not None:

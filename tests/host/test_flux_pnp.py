@@ -339,3 +339,19 @@ def test_the_pnp_nodes_run_flux_as_the_official_algorithm(host, flux, recipe):
         run_node("PnP_FeatureBank", model=model, inversion=inversion, conditioning=source, resblock_layers="4")
     with pytest.raises(errors.PnPInputError, match="mask and injection_strength are not available on FLUX"):
         run_node("PnP_Sampler", model=model, positive=guided, negative=source, features=bank, injection_strength=0.5)
+
+
+def test_the_sd_bank_nodes_refuse_a_flux_bank_by_name(host, flux):
+    """PnP Save Feature Bank and PnP Feature PCA read SD banks: a FLUX bank is refused, naming where it goes."""
+    model, _ = flux("flux_schnell_tiny")
+    if not _has_flux_patches(host):
+        _refused(host, model, _latent())
+        return
+    flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
+    errors = host.pack_module("pnp_hooks.errors")
+    source, _ = _conditioning(SOURCE)
+    with torch.inference_mode():
+        bank = flux_sampling.invert(model, torch.zeros(1, 16, 8, 8), source, 1, solver="euler", inject=1)
+    for node, inputs in (("PnP_SaveFeatures", {}), ("PnP_FeaturePCA", {"model": model})):
+        with pytest.raises(errors.PnPInputError, match="takes a bank recorded with an SD model; this one is a FLUX"):
+            run_node(node, features=bank, **inputs)

@@ -110,9 +110,10 @@ class _VelocityOut:
 
 
 def _velocity_sampling(model):
-    """A copy of the model's model_sampling that returns the velocity (the original is left as it is)."""
+    """A copy of the model's model_sampling that returns the velocity (the original is left as it is: a deep copy,
+    so its buffers dict is not shared when ComfyUI moves the clone's copy between devices)."""
     sampling = model.get_model_object("model_sampling")
-    velocity = copy.copy(sampling)
+    velocity = copy.deepcopy(sampling)
     velocity.__class__ = type(f"PnPVelocity{type(sampling).__name__}", (_VelocityOut, type(sampling)), {})
     return velocity
 

@@ -33,7 +33,6 @@ from .errors import PnPInputError
 from .families import flux as flux_family
 from .flux_bank import FluxBank, FluxInversion
 
-PATCH_KEY = "comfyui_pnp.flux"
 # The first ComfyUI whose FLUX blocks call attn1_patch (with block_type / block_index) that PnP was tested on.
 MIN_COMFYUI_FOR_FLUX = (0, 33, 0)
 

@@ -13,7 +13,11 @@ A map of the core, lowest layer first (a module imports only from the lines abov
   the modules and patch points a site lives in, the q/k projections of the
   PCA views, the VP schedule factor). Nothing else names a model's modules or
   a particular kind of site: sites, stored tensors and steps are mappings
-  keyed by kind name.
+  keyed by kind name. ``families.flux`` (FLUX.1 dev/schnell: checks, layout,
+  the official schedule, the single-block site of an attn1_patch call, the
+  key rule, bank size).
+- FLUX values and solvers: ``flow_solvers`` (RF-Solver, FireFlow, Euler as
+  KSAMPLER functions on velocities), ``flux_bank`` (the inversion and its V bank).
 - What users choose: ``schedule`` (timesteps, injection thresholds,
   negative-prompt schedules), ``layers`` (layer specs read against a family's
   layout, per kind), ``masks`` (a MASK as injection weights).

@@ -45,6 +45,7 @@ REQUIRED = (
     "comfy.model_management.intermediate_device",
     "comfy.model_management.load_models_gpu",
     "comfy.model_management.throw_exception_if_processing_interrupted",
+    "comfy.model_patcher.ModelPatcher.add_object_patch",
     "comfy.model_patcher.ModelPatcher.add_wrapper_with_key",
     "comfy.model_patcher.ModelPatcher.clone",
     "comfy.model_patcher.ModelPatcher.get_model_object",

@@ -1,6 +1,6 @@
 """Model families: everything PnP knows about one kind of diffusion model, in one module each.
 
-A family module (``unet``: SD 1.x, SD 2.x, SDXL) says how its models are
+A family module (``unet``: SD 1.x, SD 2.x, SDXL; ``flux``: FLUX.1 dev and schnell) says how its models are
 recognised and checked, their layout (which sites exist, each tensor's
 shape), the paper's default sites per variant, how a site's tensor is
 reached inside ComfyUI's model (the modules and patch points the patch layer,
@@ -39,11 +39,11 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..errors import PnPInputError
-from . import unet
+from . import flux, unet
 from .kinds import (ATTENTION_THRESHOLD, ATTN1_QK_INPUT, FEATURE_THRESHOLD, MODULE_OUTPUT,  # noqa: F401
                     SiteKind, kinds_named)
 
-FAMILIES: tuple[ModuleType, ...] = (unet,)
+FAMILIES: tuple[ModuleType, ...] = (unet, flux)
 
 
 def variant_of(model) -> str:
@@ -68,5 +68,5 @@ def family_of(model) -> ModuleType:
         supported = [name for family in FAMILIES for name in family.VARIANTS.values()]
         raise PnPInputError(
             f"PnP supports {', '.join(supported)} checkpoints; the MODEL connected is "
-            f"{variant}. Load an SD 1.x, SD 2.x or SDXL (base) checkpoint."
+            f"{variant}. Load an SD 1.x, SD 2.x or SDXL (base) checkpoint, or a FLUX.1 dev or schnell model."
         ) from None

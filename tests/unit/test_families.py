@@ -27,9 +27,9 @@ def _model(config: str = "SD15", bases=("ModelSamplingDiscrete", "EPS"), sigmas:
 def test_a_model_is_recognised_by_its_comfyui_config_and_other_families_are_refused():
     assert families.family_of(_model("SDXL")) is unet
     assert families.family_named("SD20") is unet
-    with pytest.raises(errors.PnPInputError, match="PnP supports SD 1.x, SD 2.x, SDXL checkpoints; the MODEL "
-                                                   "connected is Flux. Load an SD 1.x"):
-        families.family_of(_model("Flux"))
+    with pytest.raises(errors.PnPInputError, match="PnP supports SD 1.x, SD 2.x, SDXL, FLUX.1 dev, FLUX.1 schnell "
+                                                   "checkpoints; the MODEL connected is SD3. Load an SD 1.x"):
+        families.family_of(_model("SD3"))
 
 
 @pytest.mark.parametrize("bases, sigmas", [(("ModelSamplingDiscrete", "CONST"), 1000),

@@ -1,0 +1,276 @@
+"""PnP on FLUX.1 (RF-Solver-Edit / FireFlow), run with ComfyUI's own sampling machinery.
+
+Two passes, each through ``comfy.samplers.CFGGuider`` (cfg 1: FLUX has no CFG) on a patched clone of the
+MODEL, with a ``flow_solvers`` KSAMPLER function over the official schedule (``families.flux.schedule``):
+
+- ``invert``: from t = 0 to 1 with the source conditioning at FLUX guidance 1; an ``attn1_patch`` records
+  V (single-stream blocks, (B, heads, text + image tokens, head_dim)) of the evaluations of the ``inject``
+  noisiest intervals into a ``FluxBank`` (immutable), keyed by interval and first/second evaluation, both
+  found from the sigma ComfyUI passes (``families.flux.evaluation_key``), never from a call counter.
+- ``sample``: from the inverted noise (t = 1 to 0) with the target conditioning at the user's guidance; the
+  ``attn1_patch`` returns ``{"v": recorded V}`` wherever the bank holds one under the evaluation's key.
+
+The clones get a model_sampling whose ``calculate_denoised`` hands the solvers FLUX's velocity as it is
+(the official solvers need v at t = 0, where x - t v says nothing) and whose final rescale is the identity
+(inversion ends at t = 1). ComfyUI's FLUX blocks call ``attn1_patch`` from v0.33 on: older hosts are
+refused with one line. The MODEL a caller gives is never changed.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from functools import partial
+
+import torch
+
+import comfy.model_management
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from . import families, flow_solvers, host_api
+from .errors import PnPInputError
+from .families import flux as flux_family
+from .flux_bank import FluxBank, FluxInversion
+
+# The first ComfyUI whose FLUX blocks call attn1_patch (with block_type / block_index) that PnP was tested on.
+MIN_COMFYUI_FOR_FLUX = (0, 33, 0)
+
+
+def _version_tuple(version: str) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(part) for part in version.split(".")[:3])
+    except ValueError:
+        return None
+
+
+def check_host() -> None:
+    """Refuse a ComfyUI whose FLUX blocks have no attn1_patch, naming the version needed."""
+    version = host_api.comfyui_version()
+    parsed = _version_tuple(version)
+    if parsed is not None and parsed < MIN_COMFYUI_FOR_FLUX:
+        needed = ".".join(map(str, MIN_COMFYUI_FOR_FLUX))
+        raise PnPInputError(f"PnP on FLUX needs ComfyUI {needed} or newer (its FLUX blocks call attn1_patch); this "
+                            f"ComfyUI is {version}: update ComfyUI (SD 1.x/2.x/SDXL work on this one).")
+
+
+def is_flux(model) -> bool:
+    """Whether the MODEL takes the FLUX path (PnPInputError for a model no family supports)."""
+    return families.family_of(model) is flux_family
+
+
+def noise_latent(model, inversion: FluxInversion) -> dict:
+    """The inversion's end point (t = 1) as a LATENT, for other samplers."""
+    return {"samples": model.get_model_object("latent_format").process_out(inversion.inverted.clone())}
+
+
+def _fingerprint(model) -> str:
+    """Hash of a few base (un-LoRA'd) weights, from the patcher's backup when patched in place."""
+    digest = hashlib.sha256()
+    for key in flux_family.FINGERPRINT_KEYS:
+        backup = model.backup.get(key)
+        weight = backup.weight if backup is not None else comfy.utils.get_attr(model.model, key)
+        digest.update(weight.detach().to(device="cpu", dtype=torch.float16).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def check_model(model) -> flux_family.FluxLayout:
+    """A FLUX MODEL this host can run PnP on: its layout; PnPInputError otherwise."""
+    if families.family_of(model) is not flux_family:
+        raise PnPInputError(f"This is the FLUX path of PnP; the MODEL connected is {families.variant_of(model)}.")
+    check_host()
+    _, layout, _ = flux_family.check_flux(model)
+    return layout
+
+
+def _check_latent(samples: torch.Tensor, model) -> None:
+    channels = model.get_model_object("latent_format").latent_channels
+    if samples.ndim != 4 or samples.shape[0] != 1 or samples.shape[1] != channels:
+        raise PnPInputError(f"PnP on FLUX inverts one image latent of {channels} channels (encode it with the FLUX "
+                            f"VAE, batch 1); got shape {list(samples.shape)}.")
+
+
+def _with_guidance(conditioning, guidance: float | None):
+    """The conditioning with FLUX guidance set (what the FluxGuidance node does), entries copied; ``guidance``
+    None keeps the conditioning's own (a FluxGuidance node's, else ComfyUI's default)."""
+    if guidance is None:
+        return conditioning
+    return [[tensor, {**options, "guidance": guidance}] for tensor, options in conditioning]
+
+
+class _VelocityOut:
+    """model_sampling mixin: the model's output (FLUX's velocity) as it is, no final rescale."""
+
+    def calculate_denoised(self, sigma, model_output, model_input):
+        return model_output
+
+    def inverse_noise_scaling(self, sigma, latent):
+        return latent
+
+
+def _velocity_sampling(model):
+    """A copy of the model's model_sampling that returns the velocity (the original is left as it is: a deep copy,
+    so its buffers dict is not shared when ComfyUI moves the clone's copy between devices)."""
+    sampling = model.get_model_object("model_sampling")
+    velocity = copy.deepcopy(sampling)
+    velocity.__class__ = type(f"PnPVelocity{type(sampling).__name__}", (_VelocityOut, type(sampling)), {})
+    return velocity
+
+
+class _VPatch:
+    """The ``attn1_patch`` on FLUX single blocks: records V into ``recorded`` (inversion) or puts the bank's V in
+    place of the target's (denoising). One per pass, on that pass's clone only."""
+
+    def __init__(self, times: tuple[float, ...], blocks: tuple[int, ...], inverse: bool, inject: int,
+                 bank: FluxBank | None = None, storage_dtype: torch.dtype = torch.float32):
+        self.times, self.blocks, self.inverse, self.inject = times, frozenset(blocks), inverse, inject
+        self.bank, self.storage_dtype = bank, storage_dtype
+        self.recorded: dict[tuple[int, bool, int], torch.Tensor] = {}
+        self.injected: list[tuple[int, bool, int]] = []
+
+    def __deepcopy__(self, memo):
+        # ModelPatcher.clone deep-copies model_options; the clone this patch lives on shares it.
+        return self
+
+    def __call__(self, q, k, v, pe=None, attn_mask=None, extra_options=None):
+        block = flux_family.single_block(extra_options)
+        if block is None or block not in self.blocks:
+            return {}
+        key = flux_family.evaluation_key(float(extra_options["sigmas"][0]), self.times, self.inverse)
+        if key is None or key[0] >= self.inject:
+            return {}
+        key = key + (block,)
+        if self.inverse:
+            device = comfy.model_management.intermediate_device()
+            self.recorded[key] = v.detach().to(device=device, dtype=self.storage_dtype).clone()
+            return {}
+        stored = self.bank.value(*key)
+        if stored is None:
+            return {}
+        if stored.shape[-2] != v.shape[-2]:
+            raise PnPInputError(
+                f"The target conditioning gives {v.shape[-2] - (stored.shape[-2] - self.bank.source_tokens)} text "
+                f"tokens; the source had {self.bank.source_tokens}. Encode both prompts with the same text "
+                f"encoder settings.")
+        self.injected.append(key)
+        return {"v": stored.to(v).expand_as(v)}
+
+
+def _clone(model, patch: _VPatch):
+    clone = model.clone()
+    clone.add_object_patch("model_sampling", _velocity_sampling(model))
+    clone.set_model_attn1_patch(patch)
+    return clone
+
+
+def _run(clone, conditioning, function, noise: torch.Tensor, latent: torch.Tensor, times: torch.Tensor,
+         steps: int):
+    """One pass of the KSAMPLER ``function`` through ComfyUI's CFGGuider (cfg 1): the pass's end point in model
+    space (float32, CPU) and the guider's output (LATENT space)."""
+    kept = {}
+
+    def solve(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        kept["x"] = function(model, x, sigmas, extra_args, callback, disable,
+                             check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+        return kept["x"]
+
+    guider = comfy.samplers.CFGGuider(clone)
+    guider.set_conds(conditioning, [])
+    guider.set_cfg(1.0)
+    callback = latent_preview.prepare_callback(clone, steps)
+    out = guider.sample(noise, latent, comfy.samplers.KSAMPLER(solve), times, callback=callback,
+                        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0)
+    return kept["x"].float().cpu(), out
+
+
+def _observing(solver: str, times: tuple[float, ...], inputs: dict):
+    """The solver, keeping the input (latent, time) of every model evaluation under its key (inversion)."""
+    function = flow_solvers.FUNCTIONS[solver]
+
+    def observed(model, x, sigmas, extra_args=None, callback=None, disable=None, check_interrupt=None):
+        def evaluate(latent, sigma, **kwargs):
+            time = float(sigma[0])
+            inputs[flux_family.evaluation_key(time, times, inverse=True)] = (latent.float().cpu().clone(), time)
+            return model(latent, sigma, **kwargs)
+
+        return function(evaluate, x, sigmas, extra_args, callback, disable, check_interrupt)
+
+    return observed
+
+
+def _check_recording(solver: str, steps: int, inject: int) -> None:
+    if solver not in flow_solvers.SOLVERS:
+        raise PnPInputError(f"solver must be one of {', '.join(flow_solvers.SOLVERS)}, got {solver!r}.")
+    if not 0 <= inject <= steps:
+        raise PnPInputError(f"inject must be between 0 and the steps ({steps}), got {inject}.")
+
+
+def invert(model, samples: torch.Tensor, conditioning, steps: int, solver: str = flow_solvers.RF_SOLVER,
+           blocks: str = flux_family.DEFAULT_BLOCKS, inject: int = 0,
+           storage_dtype: torch.dtype = torch.float32) -> FluxBank:
+    """Invert a LATENT (1, 16, H, W) from t = 0 to 1 (source ``conditioning``, guidance 1), as the official code:
+    V at the single ``blocks`` is recorded in the same pass for the first ``inject`` denoising steps (``inject`` 0:
+    none; ``record_bank`` records from ``bank.inversion`` later). Returns the bank ``sample`` translates from."""
+    layout = check_model(model)
+    _check_latent(samples, model)
+    _check_recording(solver, steps, inject)
+    chosen = flux_family.blocks_of(blocks, layout)
+    variant = families.variant_of(model)
+    tokens = flux_family.image_tokens(tuple(samples.shape[-2:]))
+    times = flux_family.schedule(steps, tokens, shift=flux_family.is_distilled_guidance(variant))
+    as_floats = tuple(float(t) for t in times)
+    patch = _VPatch(as_floats, chosen, inverse=True, inject=inject, storage_dtype=storage_dtype)
+    source = _with_guidance(conditioning, flux_family.INVERSION_GUIDANCE)
+    inputs = {}
+    inverted, _ = _run(_clone(model, patch), source, _observing(solver, as_floats, inputs), torch.zeros_like(samples),
+                       samples, times.flip(0), steps)
+    inversion = FluxInversion(variant, _fingerprint(model), solver, as_floats, inverted, inputs)
+    return FluxBank(inversion, chosen, inject, patch.recorded, int(conditioning[0][0].shape[1]))
+
+
+def _replay(model, x, sigmas, extra_args=None, callback=None, disable=None, check_interrupt=None, inputs=()):
+    """KSAMPLER function: the model on each stored (latent, time) of ``inputs`` (the source pass of a bank);
+    ``x`` is returned unchanged."""
+    extra_args = {} if extra_args is None else extra_args
+    for i, (latent, time) in enumerate(inputs):
+        if check_interrupt is not None:
+            check_interrupt()
+        model(latent.to(x), torch.full((x.shape[0],), time, dtype=torch.float32, device=x.device), **extra_args)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": torch.tensor(time), "sigma_hat": torch.tensor(time), "denoised": x})
+    return x
+
+
+def record_bank(model, inversion: FluxInversion, conditioning, blocks: str = flux_family.DEFAULT_BLOCKS,
+                inject: int = 3, storage_dtype: torch.dtype = torch.float32) -> FluxBank:
+    """Record V at the single ``blocks`` for the first ``inject`` denoising steps from a stored inversion: the model
+    runs again on the inputs the inversion evaluated (source ``conditioning``, guidance 1), so the bank is the one
+    the inversion would have recorded (bit for bit on the same device), at one model call per recorded evaluation."""
+    layout = check_model(model)
+    inversion.check_model(families.variant_of(model), _fingerprint(model))
+    _check_recording(inversion.solver, inversion.steps, inject)
+    chosen = flux_family.blocks_of(blocks, layout)
+    patch = _VPatch(inversion.times, chosen, inverse=True, inject=inject, storage_dtype=storage_dtype)
+    wanted = [inversion.inputs[key] for key in sorted(inversion.inputs) if key[0] < inject] if chosen else []
+    if wanted:
+        source = _with_guidance(conditioning, flux_family.INVERSION_GUIDANCE)
+        shape = inversion.inverted.shape
+        replay = partial(_replay, inputs=tuple(wanted))
+        sigmas = torch.tensor([time for _, time in wanted] + [0.0], dtype=torch.float32)
+        _run(_clone(model, patch), source, replay, torch.zeros(shape), torch.zeros(shape), sigmas, len(wanted))
+    return FluxBank(inversion, chosen, inject, patch.recorded, int(conditioning[0][0].shape[1]))
+
+
+def sample(model, bank: FluxBank, conditioning, guidance: float | None = flux_family.DEFAULT_GUIDANCE,
+           inject: bool = True) -> tuple[dict, list[tuple[int, bool, int]]]:
+    """Denoise the bank's inverted noise (t = 1 to 0) with the target ``conditioning`` at FLUX ``guidance`` (None:
+    the conditioning's own, as set by FluxGuidance), putting the bank's V in place wherever it holds one (``inject``
+    False: plain denoising). Returns the LATENT and the keys injected, in order."""
+    check_model(model)
+    bank.check_model(families.variant_of(model), _fingerprint(model))
+    patch = _VPatch(bank.times, bank.blocks if inject else (), inverse=False, inject=bank.inject, bank=bank)
+    target = _with_guidance(conditioning, guidance)
+    times = torch.tensor(bank.times, dtype=torch.float32)
+    _, out = _run(_clone(model, patch), target, flow_solvers.FUNCTIONS[bank.solver], bank.inverted,
+                  torch.zeros_like(bank.inverted), times, bank.steps)
+    return {"samples": out}, patch.injected

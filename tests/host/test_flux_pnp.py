@@ -1,0 +1,309 @@
+"""PnP on FLUX.1 through ComfyUI (``pnp_hooks.flux_sampling``) against the official algorithms (issue 19).
+
+The pack's FLUX path (inversion from t = 0 with the source prompt at guidance 1 recording V at single
+blocks, then denoising from the inverted noise with the target prompt and V put in place through
+ComfyUI's ``attn1_patch``) on the tiny random FLUX.1 dev/schnell of ``flux_checkpoints`` (hidden 128,
+2 double + 38 single blocks; fp32 CPU), against ``reference_flux.edit`` (diffusers' FluxTransformer2DModel
+on the same weights, bit-identical to the official code):
+
+- RF-Solver-Edit: rf-solver, 4 steps, inject 2, single blocks 20-37, V replaced.
+- FireFlow's fast editing: fireflow, 8 steps, inject 1, single blocks 0-37, V replaced.
+Each on dev and schnell, injection on and off: max |final packed latent - reference| <= 1e-4, and the gap
+between on and off is far larger than that. NFE is counted by the transformer's calls.
+
+Hosts: ComfyUI v0.33.0 loads the tiny FLUX with UNETLoader and calls ``attn1_patch`` in FLUX blocks.
+v0.3.64 detects every FLUX as full size and its FLUX blocks call no ``attn1_patch``: there the tests build
+the same model by hand (ComfyUI's own ``supported_models`` config and ``model_base.Flux``) and assert the FLUX
+path is refused with one line naming the version needed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+import pytest
+import torch
+
+import flux_checkpoints as fc
+import reference_flux as ref
+from find_comfyui import comfyui_version, version_tuple
+from harness import run_node
+
+FLUX_PATCHES_FROM = (0, 33, 0)
+PARITY_TOL = 1e-4
+SOURCE, TARGET = "source prompt", "target prompt"
+LATENT_HW = (16, 16)
+# (solver, steps, inject, blocks, the reference's solver and info) per official recipe.
+RECIPES = {
+    "rf-solver-edit": ("rf-solver", 4, 2, "20-37", "rf_solver", lambda inject: ref.rf_solver_info(inject)),
+    "fireflow-fast": ("fireflow", 8, 1, "0-37", "fireflow", lambda inject: ref.fireflow_info(inject, 0, 37)),
+}
+GUIDANCE = 2.0
+# Measured (v0.33.0, torch 2.9.1, fp32 CPU, 16x16 latent, 8 text tokens), max |ours - reference| on / off, on-off gap:
+#   dev     RF-Solver-Edit 1.55e-6 / 1.43e-6, gap 1.41e-2;  FireFlow 9.5e-7 / 1.07e-6, gap 4.37e-3
+#   schnell RF-Solver-Edit 1.31e-6 / 1.19e-6, gap 1.21e-2;  FireFlow 8.3e-7 / 1.07e-6, gap 5.23e-3
+# inverted latents 7e-7..9.5e-7; NFE (inversion, denoising) RF-Solver 4 steps (8, 8), FireFlow 8 steps (9, 9);
+# bank 2,654,208 B (RF: 72 tokens x 128 x 18 blocks x 2 evaluations x 2 steps x 4 B), 1,400,832 B (FireFlow: 38 blocks
+# x 1 evaluation x 1 step).
+
+
+def _pack(host, dotted: str):
+    """A module of the pack as ComfyUI loaded it (imported under the pack's package if no node has yet)."""
+    return importlib.import_module(f"{host.pack_module_name}.{dotted}")
+
+
+def _has_flux_patches(host) -> bool:
+    return version_tuple(comfyui_version(host.comfy_path)) >= FLUX_PATCHES_FROM
+
+
+def _model_by_hand(layout: str, state_dict: dict):
+    """ComfyUI's own FLUX MODEL built from its supported_models config (what UNETLoader would make at full width)."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config_class = getattr(comfy.supported_models, fc.EXPECTED_DETECTION[layout][0])
+    import comfy.ldm.flux.model
+
+    fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
+    unet_config = {k: v for k, v in fc.flux_params(layout).items() if k in fields}
+    config = config_class({**unet_config, "image_model": "flux"})
+    config.set_inference_dtype(torch.float32, None)
+    base = config.get_model({}, device=torch.device("cpu"))
+    own = base.diffusion_model.state_dict()
+    base.diffusion_model.load_state_dict({k: state_dict[fc.official_key(k)] for k in own}, strict=True)
+    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def flux(host):
+    """layout -> (ComfyUI MODEL, reference OfficialFlux on the same weights)."""
+    import folder_paths
+    from safetensors.torch import load_file
+
+    folder = host.checkpoint_dir.parent / "diffusion_models"
+    folder_paths.add_model_folder_path("diffusion_models", str(folder), is_default=True)
+    loaded = {}
+
+    def get(layout: str):
+        if layout not in loaded:
+            name = fc.ensure_model(layout, folder)
+            state_dict = load_file(str(folder / name))
+            if _has_flux_patches(host):
+                (model,) = run_node("UNETLoader", unet_name=name, weight_dtype="default")
+            else:
+                model = _model_by_hand(layout, state_dict)
+            assert type(model.model.model_config).__name__ == fc.EXPECTED_DETECTION[layout][0]
+            weights = model.model.diffusion_model.state_dict()
+            transformer = ref.diffusers_flux_from_comfy(weights, fc.flux_params(layout))
+            loaded[layout] = (model, ref.OfficialFlux(transformer))
+        return loaded[layout]
+
+    return get
+
+
+def _conditioning(prompt: str):
+    tokens, pooled = fc.random_conditioning(prompt)
+    return [[tokens, {"pooled_output": pooled}]], (tokens, pooled)
+
+
+def _latent(seed: int = 4) -> torch.Tensor:
+    """A model-space latent (what the official ``encode`` returns), unit variance."""
+    return torch.randn(1, 16, *LATENT_HW, generator=torch.Generator().manual_seed(seed))
+
+
+class TransformerCalls:
+    """Counts the calls of a ComfyUI FLUX transformer while active (a forward pre-hook, removed on exit)."""
+
+    def __init__(self, model):
+        self.module = model.model.diffusion_model
+        self.count = 0
+
+    def __enter__(self):
+        self.handle = self.module.register_forward_pre_hook(self._seen)
+        return self
+
+    def _seen(self, module, args):
+        self.count += 1
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def _ours(host, model, latent, recipe: str, inject: int, guidance: float = GUIDANCE):
+    flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
+    solver, steps, _, blocks, _, _ = RECIPES[recipe]
+    fmt = model.get_model_object("latent_format")
+    source, _ = _conditioning(SOURCE)
+    target, _ = _conditioning(TARGET)
+    with torch.inference_mode():
+        with TransformerCalls(model) as inversion_calls:
+            bank = flux_sampling.invert(model, fmt.process_out(latent.clone()), source, steps, solver=solver,
+                                        blocks=blocks, inject=inject)
+        with TransformerCalls(model) as denoising_calls:
+            out, injected = flux_sampling.sample(model, bank, target, guidance=guidance)
+    return fmt.process_in(out["samples"].clone()), bank, injected, (inversion_calls.count, denoising_calls.count)
+
+
+def _reference(reference, latent, recipe: str, inject: int, guidance: float = GUIDANCE):
+    _, steps, _, _, solver, info = RECIPES[recipe]
+    _, source = _conditioning(SOURCE)
+    _, target = _conditioning(TARGET)
+    return ref.edit(reference, latent, source, target, steps, info(inject), guidance=guidance, solver=solver)
+
+
+def _refused(host, model, latent) -> None:
+    """v0.3.64: the FLUX path stops at once with one line naming the ComfyUI version it needs."""
+    flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
+    errors = host.pack_module("pnp_hooks.errors")
+    source, _ = _conditioning(SOURCE)
+    with pytest.raises(errors.PnPInputError) as caught:
+        flux_sampling.invert(model, latent, source, 4)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("PnP on FLUX needs ComfyUI 0.33.0 or newer") and "this ComfyUI is 0.3.64" in message
+
+
+@pytest.mark.parametrize("layout", sorted(fc.LAYOUTS))
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_flux_pnp_equals_the_official_algorithm(host, flux, layout, recipe):
+    """Inversion + injected denoising through ComfyUI equals the official algorithm (reference) to 1e-4 in the
+    final packed latent, with injection and without; the injection's own effect dwarfs the tolerance.
+    NFE a pass: RF-Solver 2N, FireFlow N + 1. The V the pack substituted is exactly what the official code
+    reads: the same keys (interval's noisier end, first/second evaluation, block)."""
+    model, reference = flux(layout)
+    latent = _latent()
+    if not _has_flux_patches(host):
+        _refused(host, model, latent)
+        return
+    solver, steps, inject, _, _, _ = RECIPES[recipe]
+    ours_on, bank, injected, nfe = _ours(host, model, latent, recipe, inject)
+    theirs_on = _reference(reference, latent, recipe, inject)
+    ours_off, bank_off, injected_off, _ = _ours(host, model, latent, recipe, 0)
+    theirs_off = _reference(reference, latent, recipe, 0)
+
+    err_on = (ref.pack(ours_on) - ref.pack(theirs_on.latent)).abs().max().item()
+    err_off = (ref.pack(ours_off) - ref.pack(theirs_off.latent)).abs().max().item()
+    inverted_err = (ref.pack(bank.inverted) - theirs_on.inverted).abs().max().item()
+    gap = (theirs_on.latent - theirs_off.latent).abs().max().item()
+    print(f"\n{layout} {recipe}: max |ours - reference| on {err_on:.2e}, off {err_off:.2e}, inverted "
+          f"{inverted_err:.2e}; on/off gap {gap:.3e}; NFE {nfe}; bank {bank.nbytes} B")
+    assert err_on <= PARITY_TOL and err_off <= PARITY_TOL and inverted_err <= PARITY_TOL
+    # Measured gaps: RF-Solver-Edit 1.4e-2 (dev) / 1.2e-2 (schnell), FireFlow (one injected midpoint) 4.4e-3 / 5.2e-3;
+    # errors ~1.5e-6.
+    assert gap > 20 * PARITY_TOL and gap > 1000 * max(err_on, err_off)
+    assert (ours_on - ours_off).abs().max().item() > 20 * PARITY_TOL
+
+    per_pass = {"rf-solver": 2 * steps, "fireflow": steps + 1}[solver]
+    assert nfe == (per_pass, per_pass) == (theirs_on.nfe_inversion, theirs_on.nfe_denoising)
+
+    read = [e.key for e in theirs_on.info['log'] if e.action == "read"]
+    ours_read = [f"{bank.times[j]}_{second}_{block}_single_V" for j, second, block in injected]
+    assert sorted(ours_read) == sorted(read) and len(set(ours_read)) == len(ours_read)
+    assert injected_off == [] and bank_off.values == {} and bank_off.nbytes == 0
+
+    text_tokens = fc.random_conditioning(SOURCE)[0].shape[1]
+    tokens = text_tokens + (LATENT_HW[0] // 2) * (LATENT_HW[1] // 2)
+    n_blocks = len(bank.blocks)
+    evaluations = {"rf-solver": 2, "fireflow": 1}[solver]
+    flux_family = host.pack_module("pnp_hooks.families.flux")
+    assert bank.nbytes == flux_family.bank_bytes(tokens, 128, n_blocks, evaluations, inject, 4) == theirs_on.store_bytes
+
+
+def test_sampling_without_injection_from_an_injecting_bank_is_the_plain_edit(host, flux):
+    """``sample(..., inject=False)`` on a bank recorded for injection gives the reference's inject-0 edit."""
+    model, reference = flux("flux_dev_tiny")
+    latent = _latent()
+    if not _has_flux_patches(host):
+        _refused(host, model, latent)
+        return
+    flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
+    fmt = model.get_model_object("latent_format")
+    source, _ = _conditioning(SOURCE)
+    target, _ = _conditioning(TARGET)
+    with torch.inference_mode():
+        bank = flux_sampling.invert(model, fmt.process_out(latent.clone()), source, 4, blocks="20-37", inject=2)
+        out, injected = flux_sampling.sample(model, bank, target, guidance=GUIDANCE, inject=False)
+    theirs = _reference(reference, latent, "rf-solver-edit", 0)
+    assert injected == []
+    assert (fmt.process_in(out["samples"].clone()) - theirs.latent).abs().max().item() <= PARITY_TOL
+
+
+def test_the_given_model_is_left_unchanged(host, flux):
+    """After a FLUX PnP run the MODEL has no patches, wrappers or object patches it did not have before."""
+    model, _ = flux("flux_schnell_tiny")
+    latent = _latent()
+    if not _has_flux_patches(host):
+        _refused(host, model, latent)
+        return
+    flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
+    before = (repr(model.model_options), dict(model.object_patches), model.get_model_object("model_sampling"))
+    source, _ = _conditioning(SOURCE)
+    fmt = model.get_model_object("latent_format")
+    with torch.inference_mode():
+        bank = flux_sampling.invert(model, fmt.process_out(latent), source, 2, solver="euler", inject=1)
+        flux_sampling.sample(model, bank, source)
+    after = (repr(model.model_options), dict(model.object_patches), model.get_model_object("model_sampling"))
+    assert before == after
+    assert type(model.get_model_object("model_sampling")).calculate_denoised.__qualname__.startswith("CONST")
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_a_bank_recorded_from_the_stored_inversion_is_the_one_the_inversion_records(host, flux, recipe):
+    """``record_bank`` runs the model again on the inputs the inversion evaluated (kept in ``bank.inversion``):
+    the same V bit for bit, at one model call per recorded evaluation, so an inversion serves banks of other
+    blocks and steps without inverting again."""
+    model, _ = flux("flux_dev_tiny")
+    latent = _latent()
+    if not _has_flux_patches(host):
+        _refused(host, model, latent)
+        return
+    flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
+    solver, steps, inject, blocks, _, _ = RECIPES[recipe]
+    fmt = model.get_model_object("latent_format")
+    source, _ = _conditioning(SOURCE)
+    with torch.inference_mode():
+        in_pass = flux_sampling.invert(model, fmt.process_out(latent.clone()), source, steps, solver=solver,
+                                       blocks=blocks, inject=inject)
+        plain = flux_sampling.invert(model, fmt.process_out(latent.clone()), source, steps, solver=solver)
+        with TransformerCalls(model) as calls:
+            later = flux_sampling.record_bank(model, plain.inversion, source, blocks=blocks, inject=inject)
+    assert plain.values == {} and len(plain.inversion.inputs) == {"rf-solver": 2 * steps, "fireflow": steps + 1}[solver]
+    assert torch.equal(plain.inverted, in_pass.inverted)
+    assert set(later.values) == set(in_pass.values) and len(later.values) > 0
+    assert all(torch.equal(later.values[key], in_pass.values[key]) for key in later.values)
+    evaluations = {key[:2] for key in later.values}
+    assert calls.count == len(evaluations) == {"rf-solver": 2 * inject, "fireflow": inject}[solver]
+
+
+def test_the_pnp_nodes_refuse_a_flux_model_with_what_to_load(host, flux):
+    """The nodes run the DDIM path only (the FLUX path is reached through ``pnp_hooks.flux_sampling``): PnP DDIM
+    Inversion and PnP Generate Guidance given a FLUX MODEL stop at once, naming what they run."""
+    model, _ = flux("flux_dev_tiny")
+    errors = host.pack_module("pnp_hooks.errors")
+    source, _ = _conditioning(SOURCE)
+    with pytest.raises(errors.PnPInputError, match="DDIM nodes run SD 1.x, SD 2.x and SDXL; this MODEL is FLUX.1 "
+                                                   "dev, which they cannot run"):
+        run_node("PnP_GenerateGuidance", model=model, positive=source, negative=source,
+                 latent={"samples": torch.zeros(1, 16, 8, 8)}, steps=3)
+    with pytest.raises(errors.PnPInputError, match="DDIM nodes run SD 1.x, SD 2.x and SDXL; this MODEL is FLUX.1"):
+        run_node("PnP_DDIMInversion", model=model, latent={"samples": torch.zeros(1, 16, 8, 8)},
+                 conditioning=source, steps=3)
+
+
+def test_guidance_none_keeps_the_target_conditionings_own_flux_guidance(host, flux):
+    """``sample(guidance=None)`` reads the FLUX guidance a FluxGuidance node put on the target conditioning."""
+    model, reference = flux("flux_dev_tiny")
+    latent = _latent()
+    if not _has_flux_patches(host):
+        _refused(host, model, latent)
+        return
+    flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
+    fmt = model.get_model_object("latent_format")
+    source, _ = _conditioning(SOURCE)
+    target, _ = _conditioning(TARGET)
+    (guided,) = run_node("FluxGuidance", conditioning=target, guidance=3.0)
+    with torch.inference_mode():
+        bank = flux_sampling.invert(model, fmt.process_out(latent.clone()), source, 4, blocks="20-37", inject=2)
+        out, _ = flux_sampling.sample(model, bank, guided, guidance=None)
+    theirs = _reference(reference, latent, "rf-solver-edit", 2, guidance=3.0)
+    assert (fmt.process_in(out["samples"].clone()) - theirs.latent).abs().max().item() <= PARITY_TOL

@@ -58,6 +58,13 @@ except FileNotFoundError:  # no ComfyUI: the host fixture fails every test and s
     FRONTENDS = [browser.FrontendBuild("no-ComfyUI")]
 
 
+@pytest.fixture(autouse=True)
+def _free_server_models(request):
+    """Memory (CI: under 6 GiB a process): the server unloads its models after each test."""
+    yield
+    browser.free_after_test(request)
+
+
 @pytest.fixture(scope="module", params=FRONTENDS, ids=[build.version for build in FRONTENDS])
 def frontend_build(request) -> browser.FrontendBuild:
     build = request.param

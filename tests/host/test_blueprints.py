@@ -151,7 +151,7 @@ else:
                        for name, layout in browser.TEST_LAYOUTS.items()}
         base = tmp_path_factory.mktemp("server")
         with browser.ComfyServer(base, {"checkpoints": checkpoints}, browser.small_inputs(base / "small-inputs"),
-                                 frontend_build, browser.NO_CACHE) as srv:
+                                 frontend_build, browser.EMPTIED_CACHE) as srv:
             yield srv
 
     @pytest.fixture(scope="module")

@@ -170,12 +170,13 @@ class MemoryReport:
         return list(out.items())
 
     def lines(self, top: int = 12) -> list[str]:
-        lines = ["resident memory per test module (GiB): peak of this process, its resident size after the "
-                 "module, peak of its largest child process"]
+        header = ("resident memory per test module (GiB): peak of this process, its resident size after the "
+                  "module, peak of its largest child process")
+        lines = [header]
         for module, w in self.modules():
             child = f"{w.child.bytes / GIB:5.2f} ({w.child.what})" if w.child.bytes else "    -"
             lines.append(f"  {module:<44} {w.own.bytes / GIB:5.2f} {w.rss_after / GIB:5.2f}  {child}")
-        lines.append(f"tests with the highest peaks (GiB), this process / largest child:")
+        lines.append("tests with the highest peaks (GiB), this process / largest child:")
         for w in sorted(self.windows, key=lambda w: -max(w.own.bytes, w.child.bytes))[:top]:
             lines.append(f"  {w.own.bytes / GIB:5.2f} / {w.child.bytes / GIB:5.2f}  {w.name}")
         return lines

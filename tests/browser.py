@@ -109,6 +109,8 @@ class ComfyServer:
         settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
                                         "LiteGraph.Canvas.MinFontSizeForLOD": 1}))
         self.proc: subprocess.Popen | None = None
+        self.queued = 0  # prompts queued through a Frontend, and how many had been when the server last freed
+        self.freed_at = 0
 
     def start(self, timeout: float = 180.0) -> None:
         env = with_stand_in(dict(os.environ))
@@ -141,6 +143,24 @@ class ComfyServer:
         if getattr(self, "_log", None):
             self._log.close()
 
+    def free(self) -> None:
+        """Unload the server's models and empty its node cache, as the frontend's "Unload Models" / "Free model
+        and node cache" do (POST /free {"free_memory": true}: its prompt worker then unloads, resets the cache and
+        collects the garbage at once; on its own it collects at most every 10 s). The worker reads the flag when
+        a condition variable wakes it, and a wake-up it gets while still busy with the last prompt's clean-up is
+        lost (the flag then waits for the next prompt, which runs first, from the old cache: seen once, with the
+        two flags sent together). So the flag is sent twice, a second apart: the second finds the worker
+        idle."""
+        for attempt in range(2):
+            if attempt:
+                time.sleep(1.0)
+            request = urllib.request.Request(f"{self.url}/free", method="POST",
+                                             headers={"Content-Type": "application/json"},
+                                             data=json.dumps({"free_memory": True}).encode())
+            with urllib.request.urlopen(request, timeout=30):
+                pass
+        self.freed_at = self.queued
+
     def log_tail(self, chars: int = 6000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
@@ -154,6 +174,16 @@ class ComfyServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def free_after_test(request) -> None:
+    """For an autouse fixture's teardown: when the test queued a prompt on its ``server`` fixture (a running
+    ComfyServer), the server's models and cache freed (``ComfyServer.free``), so the server holds one
+    workflow's checkpoint at a time and the next workflow runs every node."""
+    server = (request.node.funcargs or {}).get("server")
+    if isinstance(server, ComfyServer) and server.queued != server.freed_at and server.proc is not None \
+            and server.proc.poll() is None:
+        server.free()
 
 
 @contextlib.contextmanager
@@ -290,6 +320,7 @@ class Frontend:
         with self.page.expect_response(lambda r: r.url.endswith("/api/prompt") and r.request.method == "POST",
                                        timeout=60_000) as answer:
             self.page.evaluate("() => app.queuePrompt(0, 1)")
+        self.server.queued += 1
         response = answer.value
         body = response.json()
         body["http_status"] = response.status
@@ -598,19 +629,21 @@ def small_inputs(folder: Path, size: int = FAST_SIZE) -> dict[str, Path]:
 # Sampling previews on every PnP node and sampler, as most users run ComfyUI (latent2rgb here: no TAESD files).
 PREVIEWS_ON = ("--preview-method", "auto")
 # Every queued workflow runs every node (none is served from another workflow's cache), so each shows its
-# previews and what its bank holds.
-NO_CACHE = ("--cache-none",)
+# previews and what its bank holds: ComfyUI's classic cache, emptied after each test (``free_after_test``, POST
+# /free). Not ``--cache-none``: with it ComfyUI 0.33 runs a Load Checkpoint again for each later consumer within
+# one prompt (seen: three loads per blueprint run), and the server held three SDXL copies at once (10.6 GiB).
+EMPTIED_CACHE = ("--cache-classic",)
 
 
 def server_for_workflows(base: Path, checkpoints: dict[str, Path], controlnet: Path,
                          frontend: FrontendBuild | None = None,
                          score_models: dict[str, dict[str, Path]] | None = None) -> ComfyServer:
     """A server whose model folders hold random models under the names the shipped workflows use, with
-    previews on and no cache.
+    previews on and a cache that the caller empties between workflows (``ComfyServer.free``).
 
     ``checkpoints``: the random checkpoint file for each layout of ``TEST_LAYOUTS``; ``frontend``: the one to
     serve (default: the pinned one); ``score_models``: ``vision_models.workflow_model_files``.
     """
     return ComfyServer(base, {"checkpoints": {name: checkpoints[layout] for name, layout in TEST_LAYOUTS.items()},
                               "controlnet": {workflow_specs.CONTROLNET: controlnet}, **(score_models or {})},
-                       small_inputs(base / "small-inputs"), frontend, PREVIEWS_ON + NO_CACHE)
+                       small_inputs(base / "small-inputs"), frontend, PREVIEWS_ON + EMPTIED_CACHE)

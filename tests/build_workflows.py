@@ -94,6 +94,7 @@ def main(names: list[str]) -> None:
             twin = browser.declared_inputs_only(built["output"], frontend.version)
             api_path.write_text(json.dumps(twin, indent=2) + "\n")
             result = browser.exercise_workflow(frontend, ui_path, api_path, SCREENSHOTS / f"{spec['name']}.jpg")
+            server.free()  # the next workflow runs every node (server_for_workflows: a cache emptied by /free)
             for node_id, (workflow, shown) in HELP_PICTURES.items():
                 if workflow == spec["name"]:
                     frontend.screenshot_nodes(shown, HELP_IMAGES / f"{node_id}.png")

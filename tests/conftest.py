@@ -5,7 +5,8 @@ Memory: the CI runs one pytest process per ComfyUI host side by side on a 24 GB 
 while it loads (the file's state dict). So ``ModelCache`` drops every other loaded layout before it loads a
 big one, and when a test module ends every layout but the shared ``sd15_reduced``; the copies a test's prompts
 loaded in ComfyUI's executor are freed when the test ends (freed: unreferenced models, cyclic garbage, glibc's
-free heap). The run's peak resident memory is printed at the end.
+free heap). The run ends with its peak resident memory per test module and overall, this process and every
+child process (``memory_watch.py``: VmHWM reset around each test, children sampled from /proc).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS_DIR))
 
 import comfy_host  # noqa: E402
+import memory_watch  # noqa: E402
 from find_comfyui import PACK_ROOT  # noqa: E402
 
 # Built checkpoints are cached here across runs (git-ignored); override with PNP_TEST_CACHE.
@@ -134,24 +136,24 @@ def no_cached_models(models):
     models.evict()
 
 
-def peak_resident_bytes() -> tuple[int, int] | None:
-    """(this process's peak resident memory; the largest peak among its finished child processes and their
-    own waited-for children), in bytes (``ru_maxrss``: VmHWM on Linux); None where not measurable."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    unit = 1 if sys.platform == "darwin" else 1024
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit,
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit)
+# Peak resident memory per test and per module, this process and its children (see memory_watch.py).
+_MEMORY = memory_watch.MemoryReport()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _MEMORY.begin()
+    yield
+    _MEMORY.end(item.nodeid)
 
 
 def pytest_terminal_summary(terminalreporter):
-    peaks = peak_resident_bytes()
-    if peaks is not None:
-        own, children = peaks
-        terminalreporter.write_line(f"peak resident memory: {own / 2**30:.2f} GiB this pytest process, "
-                                    f"{children / 2**30:.2f} GiB its largest child process")
+    for line in _MEMORY.lines():
+        terminalreporter.write_line(line)
+    own, children = _MEMORY.peaks()
+    # .ci/test reads this line.
+    terminalreporter.write_line(f"peak resident memory: {own / 2**30:.2f} GiB this pytest process, "
+                                f"{children / 2**30:.2f} GiB its largest child process")
 
 
 @pytest.fixture(scope="session")

@@ -252,6 +252,21 @@ def latent_previews():
         comfy.cli_args.args.preview_method = saved
 
 
+@contextmanager
+def fp16_unet():
+    """ComfyUI loads UNets in fp16 while inside (its ``--fp16-unet``; what it picks by default on most GPUs),
+    instead of the CPU's fp32: for a test that only loads a full-size checkpoint to check what it is, this halves
+    the UNet's 3.2 GiB (full SD1.5) so the pytest process stays under the CI's 6 GiB."""
+    import comfy.cli_args
+
+    saved = comfy.cli_args.args.fp16_unet
+    comfy.cli_args.args.fp16_unet = True
+    try:
+        yield
+    finally:
+        comfy.cli_args.args.fp16_unet = saved
+
+
 class UNetRows:
     """The batch size of every UNet forward in the process while active (any model, loaded anywhere)."""
 

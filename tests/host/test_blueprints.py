@@ -115,6 +115,13 @@ def _what_the_host_shows(base: Path, pack: Path) -> dict:
             "log_errors": log}
 
 
+@pytest.fixture(autouse=True)
+def _free_server_models(request):
+    """Memory (CI: under 6 GiB a process): the server unloads its models after each test."""
+    yield
+    browser.free_after_test(request)
+
+
 if not HAS_BLUEPRINTS:
     def test_pack_loads_unchanged_with_subgraphs_present(tmp_path):
         """ComfyUI before 0.33 has no blueprint support: with subgraphs/ the host shows exactly what it shows
@@ -144,7 +151,7 @@ else:
                        for name, layout in browser.TEST_LAYOUTS.items()}
         base = tmp_path_factory.mktemp("server")
         with browser.ComfyServer(base, {"checkpoints": checkpoints}, browser.small_inputs(base / "small-inputs"),
-                                 frontend_build, browser.NO_CACHE) as srv:
+                                 frontend_build, browser.EMPTIED_CACHE) as srv:
             yield srv
 
     @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ name the chosen view and layer, read from the bank; PnP Threshold Sweep (two
 cells here) shows its grid, plot and a table line per cell. The SDXL workflow runs on
 the random SDXL-layout checkpoint under its SDXL checkpoint name. Screenshots
 are kept in $PNP_SCREENSHOTS/<frontend version> (default .test-artifacts/screenshots).
-The server runs with sampling previews on (``--preview-method auto``, as most users run it) and no cache:
+The server runs with sampling previews on (``--preview-method auto``, as most users run it), and its cache
+and models are freed after each test (``browser.free_after_test``), so every workflow runs every node:
 after each run no node's box, title bar included, comes near another's (``workflow_specs.boxes_clash``), and PnP
 Feature Bank shows what its bank holds. Per frontend, also what makes the pack feel native: every PnP output is
 labelled with its name (not its type), every help page opens from the first URL the frontend asks and fits its
@@ -56,6 +57,13 @@ try:
     FRONTENDS = browser.frontends_for(find_comfyui())
 except FileNotFoundError:  # no ComfyUI: the host fixture fails every test and says where it looked
     FRONTENDS = [browser.FrontendBuild("no-ComfyUI")]
+
+
+@pytest.fixture(autouse=True)
+def _free_server_models(request):
+    """Memory (CI: under 6 GiB a process): the server unloads its models after each test."""
+    yield
+    browser.free_after_test(request)
 
 
 @pytest.fixture(scope="module", params=FRONTENDS, ids=[build.version for build in FRONTENDS])

@@ -161,8 +161,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "BATCHES.md")
     args = parser.parse_args()
     command = bench_env.command_line(__file__)
-    cache = bench_env.cache_dir()
-    host = comfy_host.boot(Path(tempfile.mkdtemp(prefix="pnp-bench-")), cache / "checkpoints")
+    host = comfy_host.boot(Path(tempfile.mkdtemp(prefix="pnp-bench-")), bench_env.checkpoint_dir())
     import comfyui_version  # ComfyUI's own version file
 
     monitor = RSSMonitor().start()

@@ -33,6 +33,7 @@ def command_line(script: str) -> str:
     return f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " + " ".join(shlex.quote(w) for w in words)
 
 
-def cache_dir() -> Path:
-    """Where the seeded checkpoints are cached: $PNP_TEST_CACHE (as the tests) or bench/.cache."""
-    return Path(os.environ.get("PNP_TEST_CACHE", ROOT / "bench" / ".cache"))
+def checkpoint_dir() -> Path:
+    """Where the seeded checkpoints are cached: $PNP_TEST_CACHE/checkpoints (as the tests) or
+    bench/.cache/checkpoints."""
+    return Path(os.environ.get("PNP_TEST_CACHE", ROOT / "bench" / ".cache")) / "checkpoints"

@@ -232,10 +232,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
     command = bench_env.command_line(__file__)
-
-    cache = bench_env.cache_dir()
     work = Path(tempfile.mkdtemp(prefix="pnp-bench-"))
-    host = comfy_host.boot(work, cache / "checkpoints")
+    host = comfy_host.boot(work, bench_env.checkpoint_dir())
     import comfy.model_management
     import comfyui_version  # ComfyUI's own version file
 

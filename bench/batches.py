@@ -20,25 +20,19 @@ asserted, the figures are recorded.
 from __future__ import annotations
 
 import os
-import sys
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import bench_env  # first: the environment before torch, the test support modules on sys.path
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import platform  # noqa: E402
-import shlex  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import weakref  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+ROOT = bench_env.ROOT
 
 import torch  # noqa: E402
 
@@ -46,7 +40,9 @@ import checkpoints  # noqa: E402
 import comfy_host  # noqa: E402
 from harness import encode, guidance_pixels, run_node  # noqa: E402
 from run import RSSMonitor  # noqa: E402  (bench/ is this script's own folder)
+from sdxl_bank_size import pnp_hooks  # noqa: E402
 
+LATENT_TO_PIXELS = pnp_hooks("bank").LATENT_TO_PIXELS
 MB = 1e6
 RUNS = {
     "batch, stored, one frame at a time": {"mode": "stored", "batch_memory": "one frame at a time"},
@@ -141,8 +137,9 @@ def report(results: list[Result], command: str, steps: int, size: int, host_vers
         f"Written by `{command}` on {datetime.date.today().isoformat()} ({platform.machine()}, "
         f"{os.cpu_count()} CPUs shared, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, torch {torch.__version__}, "
         f"ComfyUI {host_version}; {seconds / 60:.1f} min). Reduced random SD1.5 UNet, {size} px frames (latent "
-        f"{size // 8}x{size // 8}), {steps} steps, the defaults (tau_f 0.8, tau_A 0.5, fp16 bank, batch_size auto, "
-        f"cfg 7.5); each run is a whole translation (inversion, bank, sampler), once (no repeats: the times carry "
+        f"{size // LATENT_TO_PIXELS}x{size // LATENT_TO_PIXELS}), {steps} steps, the defaults (tau_f 0.8, tau_A 0.5, "
+        f"fp16 bank, batch_size auto, cfg 7.5); each run is a whole translation (inversion, bank, sampler), once "
+        f"(no repeats: the times carry "
         f"the machine's load). \"held\" is the peak of the feature bytes the pack holds at once (live stored "
         f"banks, counted exactly); \"RSS\" the peak process RSS above the RSS before the run (sampled every 5 ms; "
         f"the allocator keeps freed memory, so it mostly shows growth).", "",
@@ -163,11 +160,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "BATCHES.md")
     args = parser.parse_args()
-    command = "OMP_NUM_THREADS=" + os.environ["OMP_NUM_THREADS"] + " " + " ".join(
-        shlex.quote(a) for a in [os.path.relpath(sys.executable, Path.cwd()) if sys.executable.startswith(
-            str(Path.cwd())) else sys.executable, os.path.relpath(__file__, Path.cwd())] + sys.argv[1:])
-    cache = Path(os.environ.get("PNP_TEST_CACHE", ROOT / "bench" / ".cache"))
-    host = comfy_host.boot(Path(tempfile.mkdtemp(prefix="pnp-bench-")), cache / "checkpoints")
+    command = bench_env.command_line(__file__)
+    host = comfy_host.boot(Path(tempfile.mkdtemp(prefix="pnp-bench-")), bench_env.checkpoint_dir())
     import comfyui_version  # ComfyUI's own version file
 
     monitor = RSSMonitor().start()

@@ -14,8 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import bench_env  # first: the environment before torch, the test support modules on sys.path
 
 import argparse  # noqa: E402
 import shlex  # noqa: E402
@@ -24,8 +23,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+ROOT = bench_env.ROOT
 
 import psutil  # noqa: E402
 

@@ -20,19 +20,13 @@ The report is written to bench/RESULTS.md (``--out``), with the command that pro
 from __future__ import annotations
 
 import os
-import sys
 
-# Before torch is imported: one thread (the machine's 2 cores are shared), no busy-waiting OpenMP threads.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import bench_env  # first: the environment before torch, the test support modules on sys.path
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import gc  # noqa: E402
 import platform  # noqa: E402
-import shlex  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -41,8 +35,7 @@ from functools import partial  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+ROOT = bench_env.ROOT
 
 import psutil  # noqa: E402
 import torch  # noqa: E402
@@ -238,13 +231,9 @@ def main() -> None:
                         help="runs (layout:size) on which the official 999-step inversion is also run once")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
-    command = "OMP_NUM_THREADS=" + os.environ["OMP_NUM_THREADS"] + " " + " ".join(
-        shlex.quote(a) for a in [os.path.relpath(sys.executable, Path.cwd()) if sys.executable.startswith(
-            str(Path.cwd())) else sys.executable, os.path.relpath(__file__, Path.cwd())] + sys.argv[1:])
-
-    cache = Path(os.environ.get("PNP_TEST_CACHE", ROOT / "bench" / ".cache"))
+    command = bench_env.command_line(__file__)
     work = Path(tempfile.mkdtemp(prefix="pnp-bench-"))
-    host = comfy_host.boot(work, cache / "checkpoints")
+    host = comfy_host.boot(work, bench_env.checkpoint_dir())
     import comfy.model_management
     import comfyui_version  # ComfyUI's own version file
 

@@ -11,13 +11,13 @@ Run from the repository root: ``OMP_NUM_THREADS=1 .venvs/comfyui-0.3.64/bin/pyth
 """
 from __future__ import annotations
 
-import sys
-import tempfile
-import time
-from pathlib import Path
+import bench_env  # first: the environment before torch, the test support modules on sys.path
 
-PACK_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PACK_ROOT / "tests"))
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+PACK_ROOT = bench_env.ROOT
 
 import checkpoints  # noqa: E402
 import comfy_host  # noqa: E402

@@ -76,13 +76,22 @@ def check_inputs(inputs: list, values: dict, text_checks: dict[str, Callable] | 
             text_checks[item.id](value)
 
 
-def queue_time_check(text_checks: dict[str, Callable[[str], None]], **texts: str | None) -> bool | str:
-    """The text inputs a validate_inputs takes, each read by its check: True, or the message as ComfyUI wants
-    it. A linked (None) text is checked when the node runs."""
+def queue_time_answer(check: Callable[..., object], *args) -> bool | str:
+    """``check(*args)`` answered as ComfyUI wants a validate_inputs to answer: True, or the PnPInputError's
+    message."""
     try:
-        for name, text in texts.items():
-            if text is not None:
-                text_checks[name](text)
+        check(*args)
     except PnPInputError as exc:
         return str(exc)
     return True
+
+
+def queue_time_check(text_checks: dict[str, Callable[[str], None]], **texts: str | None) -> bool | str:
+    """The text inputs a validate_inputs takes, each read by its check: True, or the message as ComfyUI wants
+    it. A linked (None) text is checked when the node runs."""
+    def check_all() -> None:
+        for name, text in texts.items():
+            if text is not None:
+                text_checks[name](text)
+
+    return queue_time_answer(check_all)

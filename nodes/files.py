@@ -11,6 +11,7 @@ from comfy_api.v0_0_2 import io, ui
 from ..pnp_hooks import bank_file, patcher
 from ..pnp_hooks.bank import check_one_frame
 from ..pnp_hooks.errors import PnPInputError
+from .common import queue_time_answer, queue_time_check
 from .types import BANK_FILES_CATEGORY, PnPFeatures, PnPInversion, pnp_schema
 
 log = logging.getLogger("comfyui_pnp")
@@ -21,6 +22,10 @@ NO_BANK_YET = "no bank saved yet: see this node's help page"
 NO_BANK_YET_MESSAGE = (
     "No feature bank is saved in models/pnp_banks yet. Make one: connect PnP Feature Bank (or PnP Generate "
     "Guidance) to PnP Save Feature Bank and run the graph once, then refresh (R) and pick the file here.")
+# PnP Save Feature Bank's queue-time check of its file name (the extension may be typed or not).
+FILE_NAME_CHECKS = {
+    "filename_prefix": lambda text: bank_file.check_name(text.removesuffix(bank_file.EXTENSION), "file name"),
+}
 
 
 def register_bank_folder() -> None:
@@ -72,13 +77,7 @@ class PnPSaveFeatures(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, filename_prefix):
-        if filename_prefix is None:  # linked: checked when the node runs
-            return True
-        try:
-            bank_file.check_name(filename_prefix.removesuffix(bank_file.EXTENSION), "file name")
-        except PnPInputError as exc:
-            return str(exc)
-        return True
+        return queue_time_check(FILE_NAME_CHECKS, filename_prefix=filename_prefix)
 
     @classmethod
     def execute(cls, features, filename_prefix, overwrite) -> io.NodeOutput:
@@ -122,11 +121,7 @@ class PnPLoadFeatures(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, bank_name) -> bool | str:
-        try:
-            _bank_path(bank_name)
-        except PnPInputError as exc:
-            return str(exc)
-        return True
+        return queue_time_answer(_bank_path, bank_name)
 
     @classmethod
     def fingerprint_inputs(cls, model, bank_name, latent=None):

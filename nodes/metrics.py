@@ -184,7 +184,8 @@ class PnPThresholdSweep(io.ComfyNode):
         lists = (feature_injection_values, attention_injection_values, injection_strength_values)
         cells = metrics.sweep_cells(*(metrics.parse_values(text, label) for text, label in
                                       zip(lists, VALUE_LISTS.values())))
-        result = sweep.run_sweep(model, positive, negative, features, vae, guidance, structure_model, text_model,
-                                 positive if text_prompt is None else text_prompt, cells, cfg, threshold_convention,
-                                 final_step, CROPS[crop])
+        shared = sweep.CellSampling(positive, negative, cfg, threshold_convention, final_step)
+        scorer = sweep.CellScoring(vae, guidance, structure_model, text_model,
+                                   positive if text_prompt is None else text_prompt, CROPS[crop])
+        result = sweep.run_sweep(model, features, cells, shared, scorer)
         return io.NodeOutput(result.grid, result.plot, result.table, result.images, {"samples": result.latents})

@@ -5,6 +5,10 @@ PnP Sampler runs the whole translation; PnP Guider hands ComfyUI's custom sampli
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
+import torch
 from comfy_api.v0_0_2 import io
 
 from ..pnp_hooks import patcher, sampling
@@ -103,20 +107,42 @@ def _check_before_the_bank(inputs: list, values: dict) -> list[str]:
     return ["features"]
 
 
-def _target(features, positive, negative, cfg, feature_injection, attention_injection, threshold_convention,
-              negative_prompt, negative_alpha, negative_schedule, mask, injection_strength,
-              outside_mask_strength) -> sampling.Target:
-    """The injection plan, negative-prompt weights and mask weight maps the inputs ask for."""
-    plan = InjectionPlan.from_thresholds(features.steps, feature_injection, attention_injection,
-                                         threshold_convention)
-    alphas = None
-    if negative_prompt is not None:
-        alphas = negative_prompt_alphas(features.steps, negative_schedule, negative_alpha)
-    weights = None
-    if mask is not None:
-        weights = injection_weight_map(mask, features.trajectory.latent_shape, outside_mask_strength,
-                                       features.frames)
-    return sampling.Target(positive, negative, cfg, plan, injection_strength, weights, negative_prompt, alphas)
+@dataclass(frozen=True)
+class TargetInputs:
+    """The inputs PnP Sampler and PnP Guider turn into a ``sampling.Target`` (their node input names)."""
+
+    positive: list
+    negative: list
+    cfg: float
+    feature_injection: float
+    attention_injection: float
+    threshold_convention: str
+    negative_prompt: list | None
+    negative_alpha: float
+    negative_schedule: str
+    mask: torch.Tensor | None
+    injection_strength: float
+    outside_mask_strength: float
+
+    @classmethod
+    def of(cls, inputs: dict) -> TargetInputs:
+        """Picked by name from a node's inputs (its ``locals()``)."""
+        return cls(**{field.name: inputs[field.name] for field in dataclasses.fields(cls)})
+
+    def target(self, features) -> sampling.Target:
+        """The injection plan, negative-prompt weights and mask weight maps these inputs ask for, for the bank
+        ``features``."""
+        plan = InjectionPlan.from_thresholds(features.steps, self.feature_injection, self.attention_injection,
+                                             self.threshold_convention)
+        alphas = None
+        if self.negative_prompt is not None:
+            alphas = negative_prompt_alphas(features.steps, self.negative_schedule, self.negative_alpha)
+        weights = None
+        if self.mask is not None:
+            weights = injection_weight_map(self.mask, features.trajectory.latent_shape, self.outside_mask_strength,
+                                           features.frames)
+        return sampling.Target(self.positive, self.negative, self.cfg, plan, self.injection_strength, weights,
+                               self.negative_prompt, alphas)
 
 
 class PnPSampler(io.ComfyNode):
@@ -146,9 +172,7 @@ class PnPSampler(io.ComfyNode):
                 start=sampling.INVERTED, start_seed=0) -> io.NodeOutput:
         check_inputs(_sampler_inputs(), locals())  # locals(): the inputs, by name
         check_steps(features.steps, steps, "feature bank")
-        target = _target(features, positive, negative, cfg, feature_injection, attention_injection,
-                             threshold_convention, negative_prompt, negative_alpha, negative_schedule, mask,
-                             injection_strength, outside_mask_strength)
+        target = TargetInputs.of(locals()).target(features)
         samples = sampling.translate(model, target, features, final_step, start, start_seed)
         return io.NodeOutput({"samples": samples})
 
@@ -186,9 +210,7 @@ class PnPGuider(io.ComfyNode):
                 threshold_convention, negative_prompt=None, negative_alpha=1.0, negative_schedule="linear",
                 mask=None, injection_strength=1.0, outside_mask_strength=0.0) -> io.NodeOutput:
         check_inputs(_guider_inputs(), locals())  # locals(): the inputs, by name
-        target = _target(features, positive, negative, cfg, feature_injection, attention_injection,
-                             threshold_convention, negative_prompt, negative_alpha, negative_schedule, mask,
-                             injection_strength, outside_mask_strength)
+        target = TargetInputs.of(locals()).target(features)
         guider = sampling.pnp_guider(model, target, features)
         sigmas = sampling.bank_sigmas(model, features, "comfyui")
         return io.NodeOutput(guider, sigmas, {"samples": features.trajectory.x_T()})

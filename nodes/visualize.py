@@ -8,6 +8,7 @@ from ..pnp_hooks.errors import PnPInputError
 from ..pnp_hooks.indices import excerpt
 from ..pnp_hooks.families import unet
 from ..pnp_hooks.layers import parse_site
+from .common import queue_time_answer
 from .types import IMAGE_CATEGORY, PnPFeatures, pnp_schema
 
 
@@ -65,11 +66,7 @@ class PnPFeaturePCA(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, view, layer, steps):
-        try:
-            check_view_text(view, layer, steps)
-        except PnPInputError as exc:
-            return str(exc)
-        return True
+        return queue_time_answer(check_view_text, view, layer, steps)
 
     @classmethod
     def execute(cls, features, view, layer, steps, fit, frame_width, upscale, columns, model=None) -> io.NodeOutput:

@@ -25,24 +25,25 @@ import torch
 import torch.nn.functional as F
 
 from .errors import PnPInputError
+from .masks import check_mask_form
 
 WHOLE_IMAGE, WEAKENED_ONLY = "whole image", "weakened area only"
 RESTORE_REGIONS = (WHOLE_IMAGE, WEAKENED_ONLY)
+# Channels of an IMAGE: grey, RGB, RGBA (weakening multiplies them all); the vision models read RGB(A).
+ANY_CHANNELS, RGB_CHANNELS = (1, 3, 4), (3, 4)
 
 
-def _check_image(image: torch.Tensor, what: str) -> None:
-    if image.ndim != 4 or image.shape[0] == 0 or image.shape[-1] not in (1, 3, 4):
+def check_image(image: torch.Tensor, what: str, channels: tuple[int, ...] = ANY_CHANNELS) -> None:
+    """``image`` an IMAGE batch (B, H, W, C), B >= 1, C one of ``channels``, or a PnPInputError naming ``what``."""
+    if image.ndim != 4 or image.shape[0] == 0 or image.shape[-1] not in channels:
+        allowed = ", ".join(map(str, channels[:-1])) + f" or {channels[-1]}"
         raise PnPInputError(f"The {what} has shape {list(image.shape)}; connect an IMAGE (batch, height, width, "
-                            f"channels), e.g. Load Image's or VAE Decode's output.")
+                            f"{allowed} channels), e.g. Load Image's or VAE Decode's output.")
 
 
 def _mask_batch(mask: torch.Tensor, image: torch.Tensor, what: str) -> torch.Tensor:
     """``mask`` as float32 (B or 1, H, W) in [0, 1], checked against ``image`` (B, H, W, C)."""
-    if mask.ndim == 2:
-        mask = mask.unsqueeze(0)
-    if mask.ndim != 3:
-        raise PnPInputError(f"The {what} has shape {list(mask.shape)}; a MASK is (batch, height, width). Connect a "
-                            f"MASK output (a SAM/segmentation node, Load Image (as Mask), the Mask Editor).")
+    mask = check_mask_form(mask, what)
     batch, height, width = image.shape[:3]
     if mask.shape[0] not in (1, batch):
         raise PnPInputError(f"The {what} holds {mask.shape[0]} masks for {batch} images: connect one mask for "
@@ -52,10 +53,7 @@ def _mask_batch(mask: torch.Tensor, image: torch.Tensor, what: str) -> torch.Ten
             f"The {what} is {mask.shape[-1]}x{mask.shape[-2]} px but the image is {width}x{height} px. Use a mask "
             f"of this image, or scale it: Convert Mask to Image -> Upscale Image to {width}x{height} -> Convert "
             f"Image to Mask.")
-    mask = mask.detach().to(device=image.device, dtype=torch.float32)
-    if not torch.isfinite(mask).all():
-        raise PnPInputError(f"The {what} contains NaN or infinite values; connect a mask with values in [0, 1].")
-    return mask.clamp(0.0, 1.0)
+    return mask.detach().to(device=image.device, dtype=torch.float32).clamp(0.0, 1.0)
 
 
 def soft_edge(mask: torch.Tensor, feather: float) -> torch.Tensor:
@@ -76,7 +74,7 @@ def soft_edge(mask: torch.Tensor, feather: float) -> torch.Tensor:
 def brightness_map(image: torch.Tensor, mask: torch.Tensor, factor: float, feather: float) -> torch.Tensor:
     """The factor each pixel of ``image`` is multiplied by: 1 on the subject, ``factor`` on the background,
     a soft edge between. Returns (B or 1, H, W) float32."""
-    _check_image(image, "image")
+    check_image(image, "image")
     if not 0.0 <= factor <= 1.0:
         raise PnPInputError(f"factor must be between 0 and 1, got {factor}.")
     if feather < 0:
@@ -94,7 +92,7 @@ def weaken(image: torch.Tensor, brightness: torch.Tensor) -> torch.Tensor:
 def restore(image: torch.Tensor, brightness: torch.Tensor, region: str) -> torch.Tensor:
     """Undo ``weaken``'s darkening on a decoded ``image``: divide by the background's factor (the map's smallest
     value, per image) on the ``WHOLE_IMAGE``, or by each pixel's own factor (``WEAKENED_ONLY``); clamp to [0, 1]."""
-    _check_image(image, "image")
+    check_image(image, "image")
     brightness = _mask_batch(brightness, image, "brightness")
     if region == WHOLE_IMAGE:
         divisor = brightness.flatten(1).amin(dim=1).view(-1, 1, 1).expand_as(brightness)

@@ -17,17 +17,18 @@ from .bank import LATENT_TO_PIXELS
 from .errors import PnPInputError
 
 
-def check_mask_form(mask: torch.Tensor) -> torch.Tensor:
-    """``mask`` as (B, H, W) if it is a MASK of finite values: what can be checked before the bank exists."""
+def check_mask_form(mask: torch.Tensor, what: str = "mask") -> torch.Tensor:
+    """``mask`` as (B, H, W) if it is a MASK of finite values: what can be checked before the bank exists (or the
+    image it belongs to is known). ``what`` names it in the error."""
     if mask.ndim == 2:
         mask = mask.unsqueeze(0)
     if mask.ndim != 3:
         raise PnPInputError(
-            f"The mask has shape {list(mask.shape)}; a MASK is (batch, height, width). Connect a MASK output "
-            f"(Load Image's MASK, Load Image (as Mask), a SAM/segmentation node)."
+            f"The {what} has shape {list(mask.shape)}; a MASK is (batch, height, width). Connect a MASK output "
+            f"(Load Image's MASK, Load Image (as Mask), a SAM/segmentation node, the Mask Editor)."
         )
     if not torch.isfinite(mask).all():
-        raise PnPInputError("The mask contains NaN or infinite values; connect a mask with values in [0, 1].")
+        raise PnPInputError(f"The {what} contains NaN or infinite values; connect a mask with values in [0, 1].")
     return mask
 
 

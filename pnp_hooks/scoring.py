@@ -25,6 +25,7 @@ from comfy.clip_model import CLIPVisionModelProjection
 from comfy.image_encoders.dino2 import Dinov2Model
 
 from . import charts, metrics
+from .background import RGB_CHANNELS, check_image
 from .errors import PnPInputError
 
 # Images per encode_image call: Cancel is honoured and progress moves between chunks.
@@ -55,9 +56,8 @@ def _chunks(images: torch.Tensor):
 
 
 def check_images(images: torch.Tensor, what: str) -> None:
-    if images.ndim != 4 or images.shape[0] == 0 or images.shape[-1] < 3:
-        raise PnPInputError(f"The {what} is not an IMAGE batch (shape {list(images.shape)}): connect an IMAGE "
-                            f"output such as VAE Decode or Load Image.")
+    """An IMAGE batch the vision models can read (RGB or RGBA), or a PnPInputError naming ``what``."""
+    check_image(images, what, RGB_CHANNELS)
 
 
 @torch.no_grad()

@@ -40,34 +40,58 @@ def decode(vae, samples: torch.Tensor) -> torch.Tensor:
     return images
 
 
-def run_sweep(model, positive, negative, bank: FeatureBank, vae, guidance: torch.Tensor, structure_model,
-              text_model, text_prompt, cells: list[metrics.Cell], cfg: float, convention: str, final_step: str,
-              crop: bool) -> SweepResult:
+@dataclass(frozen=True)
+class CellSampling:
+    """What every cell shares with PnP Sampler: the prompts, cfg, the threshold convention and the last step."""
+
+    positive: list
+    negative: list
+    cfg: float
+    convention: str
+    final_step: str
+
+
+@dataclass(frozen=True)
+class CellScoring:
+    """How the cells are decoded and scored: the VAE, the guidance image (1, H, W, 3), the structure and text
+    vision models, the prompt the text score reads, and whether the vision models' input is center-cropped."""
+
+    vae: object
+    guidance: torch.Tensor
+    structure_model: object
+    text_model: object
+    text_prompt: list
+    crop: bool
+
+
+def run_sweep(model, bank: FeatureBank, cells: list[metrics.Cell], shared: CellSampling,
+              scorer: CellScoring) -> SweepResult:
     """Sample, decode and score every cell; see the module docstring."""
     check_one_frame(bank, "PnP Threshold Sweep")
-    scoring.check_images(guidance, "guidance image")
-    if guidance.shape[0] != 1:
+    scoring.check_images(scorer.guidance, "guidance image")
+    if scorer.guidance.shape[0] != 1:
         raise PnPInputError(f"The sweep scores every cell against one guidance image; the guidance input holds "
-                            f"{guidance.shape[0]}: pick one with Image From Batch.")
-    plans = [InjectionPlan.from_thresholds(bank.steps, c.feature_injection, c.attention_injection, convention)
+                            f"{scorer.guidance.shape[0]}: pick one with Image From Batch.")
+    plans = [InjectionPlan.from_thresholds(bank.steps, c.feature_injection, c.attention_injection, shared.convention)
              for c in cells]
     for plan in plans:  # every cell must fit the bank
         check_plan_fits(plan, (bank.feature_steps, bank.attention_steps))
-    scoring.last_attention(structure_model)  # the scoring models fit, before anything samples
-    scoring.check_text_model(text_model)
-    scoring.text_embedding(text_prompt)
+    scoring.last_attention(scorer.structure_model)  # the scoring models fit, before anything samples
+    scoring.check_text_model(scorer.text_model)
+    scoring.text_embedding(scorer.text_prompt)
     total = len(cells) * bank.steps
     latents, images = [], []
     for index, (cell, plan) in enumerate(zip(cells, plans)):
         comfy.model_management.throw_exception_if_processing_interrupted()
-        target = sampling.Target(positive, negative, cfg, plan, cell.injection_strength)
-        samples = sampling.translate(model, target, bank, final_step, progress=(index * bank.steps, total))
+        target = sampling.Target(shared.positive, shared.negative, shared.cfg, plan, cell.injection_strength)
+        samples = sampling.translate(model, target, bank, shared.final_step, progress=(index * bank.steps, total))
         latents.append(samples)
-        images.append(decode(vae, samples).float().cpu())
+        images.append(decode(scorer.vae, samples).float().cpu())
     latents_all, images_all = torch.cat(latents), torch.cat(images)
-    distances = scoring.structure_distances(scoring.last_layer_keys(structure_model, guidance, crop),
-                                            scoring.last_layer_keys(structure_model, images_all, crop))
-    scores = scoring.text_scores(text_model, images_all, text_prompt, crop)
+    guidance_keys = scoring.last_layer_keys(scorer.structure_model, scorer.guidance, scorer.crop)
+    distances = scoring.structure_distances(guidance_keys,
+                                            scoring.last_layer_keys(scorer.structure_model, images_all, scorer.crop))
+    scores = scoring.text_scores(scorer.text_model, images_all, scorer.text_prompt, scorer.crop)
     scored = metrics.score_cells(cells, distances, scores)
     with_strength = len({c.injection_strength for c in cells}) > 1
     columns = len({c.feature_injection for c in cells})

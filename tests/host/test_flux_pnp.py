@@ -163,6 +163,44 @@ def _refused(host, model, latent) -> None:
     assert message.startswith("PnP on FLUX needs ComfyUI 0.33.0 or newer") and "this ComfyUI is 0.3.64" in message
 
 
+def _flux_path(host, model) -> tuple[torch.Tensor, object]:
+    """A guidance latent and the pack's ``flux_sampling``; the module is None on a host whose FLUX blocks have
+    no attn1_patch, after asserting its refusal."""
+    latent = _latent()
+    if not _has_flux_patches(host):
+        _refused(host, model, latent)
+        return latent, None
+    return latent, _pack(host, "pnp_hooks.flux_sampling")
+
+
+@dataclasses.dataclass(frozen=True)
+class DevBank:
+    """The tiny FLUX.1 dev, its reference, a latent and the FLUX path's bank of it (RF-Solver, 4 steps, inject 2,
+    single blocks 20-37), with the target conditioning to sample it with."""
+
+    model: object
+    reference: object
+    latent: torch.Tensor
+    flux_sampling: object
+    fmt: object
+    target: list
+    bank: object
+
+
+def _dev_bank(host, flux) -> DevBank | None:
+    """``DevBank``; None on a host whose FLUX blocks have no attn1_patch, after asserting its refusal."""
+    model, reference = flux("flux_dev_tiny")
+    latent, flux_sampling = _flux_path(host, model)
+    if flux_sampling is None:
+        return None
+    fmt = model.get_model_object("latent_format")
+    source, _ = _conditioning(SOURCE)
+    target, _ = _conditioning(TARGET)
+    with torch.inference_mode():
+        bank = flux_sampling.invert(model, fmt.process_out(latent.clone()), source, 4, blocks="20-37", inject=2)
+    return DevBank(model, reference, latent, flux_sampling, fmt, target, bank)
+
+
 @pytest.mark.parametrize("layout", sorted(fc.LAYOUTS))
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_flux_pnp_equals_the_official_algorithm(host, flux, layout, recipe):
@@ -211,31 +249,22 @@ def test_flux_pnp_equals_the_official_algorithm(host, flux, layout, recipe):
 
 def test_sampling_without_injection_from_an_injecting_bank_is_the_plain_edit(host, flux):
     """``sample(..., inject=False)`` on a bank recorded for injection gives the reference's inject-0 edit."""
-    model, reference = flux("flux_dev_tiny")
-    latent = _latent()
-    if not _has_flux_patches(host):
-        _refused(host, model, latent)
+    dev = _dev_bank(host, flux)
+    if dev is None:
         return
-    flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
-    fmt = model.get_model_object("latent_format")
-    source, _ = _conditioning(SOURCE)
-    target, _ = _conditioning(TARGET)
     with torch.inference_mode():
-        bank = flux_sampling.invert(model, fmt.process_out(latent.clone()), source, 4, blocks="20-37", inject=2)
-        out, injected = flux_sampling.sample(model, bank, target, guidance=GUIDANCE, inject=False)
-    theirs = _reference(reference, latent, "rf-solver-edit", 0)
+        out, injected = dev.flux_sampling.sample(dev.model, dev.bank, dev.target, guidance=GUIDANCE, inject=False)
+    theirs = _reference(dev.reference, dev.latent, "rf-solver-edit", 0)
     assert injected == []
-    assert (fmt.process_in(out["samples"].clone()) - theirs.latent).abs().max().item() <= PARITY_TOL
+    assert (dev.fmt.process_in(out["samples"].clone()) - theirs.latent).abs().max().item() <= PARITY_TOL
 
 
 def test_the_given_model_is_left_unchanged(host, flux):
     """After a FLUX PnP run the MODEL has no patches, wrappers or object patches it did not have before."""
     model, _ = flux("flux_schnell_tiny")
-    latent = _latent()
-    if not _has_flux_patches(host):
-        _refused(host, model, latent)
+    latent, flux_sampling = _flux_path(host, model)
+    if flux_sampling is None:
         return
-    flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
     before = (repr(model.model_options), dict(model.object_patches), model.get_model_object("model_sampling"))
     source, _ = _conditioning(SOURCE)
     fmt = model.get_model_object("latent_format")
@@ -253,11 +282,9 @@ def test_a_bank_recorded_from_the_stored_inversion_is_the_one_the_inversion_reco
     the same V bit for bit, at one model call per recorded evaluation, so an inversion serves banks of other
     blocks and steps without inverting again."""
     model, _ = flux("flux_dev_tiny")
-    latent = _latent()
-    if not _has_flux_patches(host):
-        _refused(host, model, latent)
+    latent, flux_sampling = _flux_path(host, model)
+    if flux_sampling is None:
         return
-    flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
     solver, steps, inject, blocks, _, _ = RECIPES[recipe]
     fmt = model.get_model_object("latent_format")
     source, _ = _conditioning(SOURCE)
@@ -292,18 +319,11 @@ def test_the_pnp_nodes_refuse_a_flux_model_with_what_to_load(host, flux):
 
 def test_guidance_none_keeps_the_target_conditionings_own_flux_guidance(host, flux):
     """``sample(guidance=None)`` reads the FLUX guidance a FluxGuidance node put on the target conditioning."""
-    model, reference = flux("flux_dev_tiny")
-    latent = _latent()
-    if not _has_flux_patches(host):
-        _refused(host, model, latent)
+    dev = _dev_bank(host, flux)
+    if dev is None:
         return
-    flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
-    fmt = model.get_model_object("latent_format")
-    source, _ = _conditioning(SOURCE)
-    target, _ = _conditioning(TARGET)
-    (guided,) = run_node("FluxGuidance", conditioning=target, guidance=3.0)
+    (guided,) = run_node("FluxGuidance", conditioning=dev.target, guidance=3.0)
     with torch.inference_mode():
-        bank = flux_sampling.invert(model, fmt.process_out(latent.clone()), source, 4, blocks="20-37", inject=2)
-        out, _ = flux_sampling.sample(model, bank, guided, guidance=None)
-    theirs = _reference(reference, latent, "rf-solver-edit", 2, guidance=3.0)
-    assert (fmt.process_in(out["samples"].clone()) - theirs.latent).abs().max().item() <= PARITY_TOL
+        out, _ = dev.flux_sampling.sample(dev.model, dev.bank, guided, guidance=None)
+    theirs = _reference(dev.reference, dev.latent, "rf-solver-edit", 2, guidance=3.0)
+    assert (dev.fmt.process_in(out["samples"].clone()) - theirs.latent).abs().max().item() <= PARITY_TOL

@@ -181,6 +181,29 @@ def run_pnp_prompt(host, models, layout: str, latent: torch.Tensor, steps: int) 
 
 # --- tests ------------------------------------------------------------------------------------------------------
 
+# First in the module, before the module's SD 1.5 pair (its diffusers UNet and inversions) exists: this test holds
+# the SD 2 pair and the executor's own copy of the SD 2 checkpoint at once, the module's highest memory.
+def test_sd2_v_prediction_end_to_end_matches_reference(host, models, sd2v):
+    """SD2.x v-prediction (sd2v_reduced), 25 steps, as an API prompt.
+
+    The official code only runs eps models; the reference turns v into eps with the
+    alpha of the level the latent is at, as diffusers' DDIMInverseScheduler.step
+    (inversion: the previous level, though the UNet is labelled with the next
+    timestep) and DDIMScheduler.step (sampling) do. Measured: x_T 1.2e-6, final z 2.3e-6.
+    """
+    assert sd2v.model.model.model_type.name == "V_PREDICTION"
+    assert sd2v.scheduler.config.prediction_type == "v_prediction"
+    latent = source_latent()
+    final, noise = run_pnp_prompt(host, models, "sd2v_reduced", latent, 25)
+    expected_traj = reference_inversion(sd2v, latent, 25)
+    t_first = official_timesteps(sd2v, 25)[0]
+    sigma_T = sd2v.model.model.model_sampling.sigmas[t_first].to(torch.float64)
+    z_T = noise.to(torch.float64) * ref.SD_SCALE_FACTOR / torch.sqrt(1 + sigma_T ** 2)
+    assert max_diff(z_T, expected_traj[t_first]) < TOL
+    diff = max_diff(final * ref.SD_SCALE_FACTOR, reference_pnp(sd2v, expected_traj, 25))
+    assert diff < TOL, f"SD2 v: final latent differs by {diff:.3g}"
+
+
 @pytest.mark.parametrize("pair_name", ["sd15", "sd2v"])
 def test_diffusers_conversion_reproduces_comfyui_unet(request, pair_name):
     """A plain forward pass of the converted diffusers UNet equals ComfyUI's (measured 2.7e-7 / 2.8e-7)."""
@@ -266,27 +289,6 @@ def test_inversion_steps_other_than_sampling_steps(sd15, sd15_inverted):
     assert diff < TOL, f"steps 10 / inversion 50: final latent differs by {diff:.3g}"
     without_injection = reference_pnp(sd15, expected_traj, 10, f=0.0, attn=0.0)
     assert max_diff(final * ref.SD_SCALE_FACTOR, without_injection) > 1e-2
-
-
-def test_sd2_v_prediction_end_to_end_matches_reference(host, models, sd2v):
-    """SD2.x v-prediction (sd2v_reduced), 25 steps, as an API prompt.
-
-    The official code only runs eps models; the reference turns v into eps with the
-    alpha of the level the latent is at, as diffusers' DDIMInverseScheduler.step
-    (inversion: the previous level, though the UNet is labelled with the next
-    timestep) and DDIMScheduler.step (sampling) do. Measured: x_T 1.2e-6, final z 2.3e-6.
-    """
-    assert sd2v.model.model.model_type.name == "V_PREDICTION"
-    assert sd2v.scheduler.config.prediction_type == "v_prediction"
-    latent = source_latent()
-    final, noise = run_pnp_prompt(host, models, "sd2v_reduced", latent, 25)
-    expected_traj = reference_inversion(sd2v, latent, 25)
-    t_first = official_timesteps(sd2v, 25)[0]
-    sigma_T = sd2v.model.model.model_sampling.sigmas[t_first].to(torch.float64)
-    z_T = noise.to(torch.float64) * ref.SD_SCALE_FACTOR / torch.sqrt(1 + sigma_T ** 2)
-    assert max_diff(z_T, expected_traj[t_first]) < TOL
-    diff = max_diff(final * ref.SD_SCALE_FACTOR, reference_pnp(sd2v, expected_traj, 25))
-    assert diff < TOL, f"SD2 v: final latent differs by {diff:.3g}"
 
 
 def test_inversion_then_plain_ddim_reconstructs_the_source(sd15, sd15_inverted):

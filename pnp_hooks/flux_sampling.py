@@ -18,7 +18,6 @@ refused with one line. The MODEL a caller gives is never changed.
 from __future__ import annotations
 
 import copy
-import hashlib
 from functools import partial
 
 import torch
@@ -28,7 +27,7 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from . import families, flow_solvers, host_api
+from . import families, flow_solvers, host_api, patcher
 from .errors import PnPInputError
 from .families import flux as flux_family
 from .flux_bank import FluxBank, FluxInversion
@@ -65,13 +64,7 @@ def noise_latent(model, inversion: FluxInversion) -> dict:
 
 
 def _fingerprint(model) -> str:
-    """Hash of a few base (un-LoRA'd) weights, from the patcher's backup when patched in place."""
-    digest = hashlib.sha256()
-    for key in flux_family.FINGERPRINT_KEYS:
-        backup = model.backup.get(key)
-        weight = backup.weight if backup is not None else comfy.utils.get_attr(model.model, key)
-        digest.update(weight.detach().to(device="cpu", dtype=torch.float16).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return patcher.fingerprint(model, flux_family.FINGERPRINT_KEYS)
 
 
 def check_model(model) -> flux_family.FluxLayout:
@@ -157,10 +150,7 @@ class _VPatch:
 
 
 def _clone(model, patch: _VPatch):
-    clone = model.clone()
-    clone.add_object_patch("model_sampling", _velocity_sampling(model))
-    clone.set_model_attn1_patch(patch)
-    return clone
+    return patcher.with_attn1_patch_and_sampling(model, patch, _velocity_sampling(model))
 
 
 def _run(clone, conditioning, function, noise: torch.Tensor, latent: torch.Tensor, times: torch.Tensor,

@@ -73,7 +73,7 @@ def model_facts(model) -> ModelFacts:
     """Check the model is one PnP supports and describe it; raises PnPInputError otherwise."""
     family = families.family_of(model)
     prediction, layout, sigmas = family.check(model)
-    identity = ModelIdentity(families.variant_of(model), prediction, _fingerprint(model, family.FINGERPRINT_KEYS),
+    identity = ModelIdentity(families.variant_of(model), prediction, fingerprint(model, family.FINGERPRINT_KEYS),
                              _schedule_hash(sigmas))
     return ModelFacts(identity, layout, sigmas, model.get_model_object("latent_format"), family)
 
@@ -83,7 +83,7 @@ def _schedule_hash(sigmas: torch.Tensor) -> str:
     return hashlib.sha256(sigmas.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-def _fingerprint(model, keys: tuple[str, ...]) -> str:
+def fingerprint(model, keys: tuple[str, ...]) -> str:
     """Hash of a few base (un-LoRA'd) weights (the family's ``keys``), from the patcher's backup when patched in
     place."""
     digest = hashlib.sha256()
@@ -255,6 +255,15 @@ def _cancel_after_input_block(h, transformer_options):
 def _cancel_before_output_block(h, hsp, transformer_options):
     comfy.model_management.throw_exception_if_processing_interrupted()
     return h, hsp
+
+
+def with_attn1_patch_and_sampling(model, attn1_patch, model_sampling):
+    """A clone of ``model`` with ``attn1_patch`` set and its model_sampling object replaced (the FLUX path's V
+    patch and velocity sampling); ``model`` itself is left as it is."""
+    clone = model.clone()
+    clone.add_object_patch("model_sampling", model_sampling)
+    clone.set_model_attn1_patch(attn1_patch)
+    return clone
 
 
 def with_cancel_between_blocks(model):

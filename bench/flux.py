@@ -10,16 +10,14 @@ asserted, the figures are recorded. Times are CPU wall seconds (best of ``REPEAT
 """
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-import tempfile
-import time
-from pathlib import Path
+import bench_env  # first: the environment before torch, the test support modules on sys.path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+import importlib  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = bench_env.ROOT
 
 import torch  # noqa: E402
 

@@ -32,8 +32,9 @@ A map of the core, lowest layer first (a module imports only from the lines abov
 - Wired to ComfyUI: ``patcher`` (the only module that touches ModelPatcher:
   model facts, patched clones that hook each kind's sites through the patch
   point its ``SiteKind`` names), ``sampling`` (inversion, recording, PnP
-  sampling through ComfyUI's CFGGuider), ``probe`` (one site's tensors for the
-  PCA pictures), ``scoring`` (the scores on ComfyUI's vision models),
+  sampling through ComfyUI's CFGGuider), ``probe`` (PnP Feature PCA: one site's
+  tensors, from the bank or a live pass, and their q/k through the family's
+  ``query_key`` on the loaded model), ``scoring`` (the scores on ComfyUI's vision models),
   ``sweep`` (PnP sampling over a grid of thresholds).
 
 Everything above "Wired to ComfyUI" imports no ComfyUI module (tests/pure.py

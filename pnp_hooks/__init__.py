@@ -16,15 +16,16 @@ A map of the core, lowest layer first (a module imports only from the lines abov
   keyed by kind name. ``families.flux`` (FLUX.1 dev/schnell: checks, layout,
   the official schedule, the single-block site of an attn1_patch call, the
   key rule, bank size).
-- FLUX values and solvers: ``flow_solvers`` (RF-Solver, FireFlow, Euler as
-  KSAMPLER functions on velocities), ``flux_bank`` (the inversion and its V bank).
+- FLUX solvers: ``flow_solvers`` (RF-Solver, FireFlow, Euler as KSAMPLER
+  functions on velocities).
 - What users choose: ``schedule`` (timesteps, injection thresholds,
   negative-prompt schedules), ``layers`` (layer specs read against a family's
   layout, per kind), ``masks`` (a MASK as injection weights).
 - Values nodes pass along: ``bank`` (trajectory, feature bank, model identity),
   ``injection`` (recording and injecting at the sites, per step and model
   call), ``sources`` (stored tensors, frames), ``live_source`` (the on-the-fly
-  source pass), ``bank_file`` (banks as checked safetensors files).
+  source pass), ``bank_file`` (banks as checked safetensors files), ``flux_bank``
+  (FLUX: the inversion, its V bank stored or on the fly).
 - Pictures and scores (pure): ``visualize`` (PCA pictures), ``metrics`` (the
   paper's scores, the sweep's Pareto front), ``charts`` (the sweep's grid and
   plot), ``background`` (background weakening with a subject mask).

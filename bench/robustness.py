@@ -46,8 +46,8 @@ WORST = {
 
 def parse_times() -> list[tuple[str, float, str]]:
     layers, errors, unet = pure("layers"), pure("errors"), pure("families.unet")
-    layout = layers.UNetLayout((True,) * 12, (0, 0, 0) + (1,) * 9, (1280,) * 6 + (640,) * 3 + (320,) * 3,
-                               (0, 0, 0) + (1280,) * 3 + (640,) * 3 + (320,) * 3, (3, 3, 3, 2, 2, 2, 1, 1, 1, 0, 0, 0))
+    layout = unet.UNetLayout((True,) * 12, (0, 0, 0) + (1,) * 9, (1280,) * 6 + (640,) * 3 + (320,) * 3,
+                             (0, 0, 0) + (1280,) * 3 + (640,) * 3 + (320,) * 3, (3, 3, 3, 2, 2, 2, 1, 1, 1, 0, 0, 0))
     rows = []
     for label, spec in WORST.items():
         best, outcome = float("inf"), ""

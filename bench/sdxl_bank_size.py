@@ -5,21 +5,19 @@ generated one recorded under CFG), C x h x w values per ResBlock site and
 h*w x C per attention site, for the leading steps either threshold convention
 may inject (``schedule.recorded_steps``). The formula is the pack's own
 (``layers.bank_nbytes``); here it is applied to the real SDXL base and SD1.5
-UNets, whose decoder layouts are read (``layers.decoder_layout``) from
+UNets, whose decoder layouts are read (``families.unet.layout_of``) from
 ComfyUI's ``UNetModel`` built on PyTorch's meta device (no memory, no
 weights). ``decoder_shapes_meta`` also runs that UNet on the meta device and
 reads the shapes at the sites, which the tests compare with the layout's.
 
 Run ``python bench/sdxl_bank_size.py`` (ComfyUI found as the tests find it)
-to print the figures.
+to print the figures. The pack's pure modules come through ``tests/pure.py``:
+``tests/`` is on ``sys.path`` in a bench script (``bench_env``) and under
+pytest (``tests/host/test_sdxl.py`` loads this file by path).
 """
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
-
-PACK_ROOT = Path(__file__).resolve().parent.parent
 
 # The SDXL base UNet (stabilityai/stable-diffusion-xl-base-1.0) as ComfyUI builds it.
 SDXL_BASE = {
@@ -37,8 +35,6 @@ SD15 = {
 
 def pnp_hooks(module: str):
     """A pure module of the pack (tests/pure.py: imported without putting the pack root on sys.path)."""
-    if str(PACK_ROOT / "tests") not in sys.path:
-        sys.path.insert(0, str(PACK_ROOT / "tests"))
     from pure import pure
 
     return pure(module)
@@ -68,7 +64,7 @@ def bank_bytes(unet_config: dict, latent_hw: tuple[int, int], resblock_spec: str
     ``recorded``: (ResBlock steps, attention steps) instead of what the thresholds make a bank record.
     """
     layers, schedule, unet = pnp_hooks("layers"), pnp_hooks("schedule"), pnp_hooks("families.unet")
-    layout = layers.decoder_layout(meta_unet(unet_config))
+    layout = unet.layout_of(meta_unet(unet_config))
     sites = layers.resolve_sites({"resblock": resblock_spec, "attention": attention_spec}, layout, unet.KINDS)
     feature_steps, attention_steps = recorded or schedule.recorded_steps(steps, feature_injection,
                                                                          attention_injection)
@@ -128,9 +124,11 @@ def figures() -> dict:
 
 
 if __name__ == "__main__":
-    import torch
+    import sys
 
-    sys.path.insert(0, str(PACK_ROOT / "tests"))
+    import bench_env  # noqa: F401  (first: the environment before torch, tests/ on sys.path)
+
+    import torch
     from find_comfyui import find_comfyui
 
     sys.path.insert(0, str(find_comfyui()))

@@ -70,7 +70,8 @@ class PnPFeaturePCA(io.ComfyNode):
 
     @classmethod
     def execute(cls, features, view, layer, steps, fit, frame_width, upscale, columns, model=None) -> io.NodeOutput:
-        result = probe.feature_pca(features, view, layer, steps, model, fit, frame_width, upscale, columns)
+        request = probe.PCARequest(view, layer, steps, fit, frame_width, upscale, columns)
+        result = probe.feature_pca(features, request, model)
         return io.NodeOutput(result.grid, result.frames, result.caption)
 
 

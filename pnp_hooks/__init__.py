@@ -19,23 +19,25 @@ A map of the core, lowest layer first (a module imports only from the lines abov
   and the passes ask the family's schedule. ``families.flux`` (FLUX.1 dev/schnell: checks, layout,
   the official schedule, the single-block site of an attn1_patch call, the
   key rule, bank size).
-- FLUX values and solvers: ``flow_solvers`` (RF-Solver, FireFlow, Euler as
-  KSAMPLER functions on velocities), ``flux_bank`` (the inversion and its V bank).
+- FLUX solvers: ``flow_solvers`` (RF-Solver, FireFlow, Euler as KSAMPLER
+  functions on velocities).
 - What users choose: ``schedule`` (injection thresholds as step counts,
   negative-prompt schedules, the step of a sigma), ``layers`` (layer specs read against a family's
   layout, per kind), ``masks`` (a MASK as injection weights).
 - Values nodes pass along: ``bank`` (trajectory, feature bank, model identity),
   ``injection`` (recording and injecting at the sites, per step and model
   call), ``sources`` (stored tensors, frames), ``live_source`` (the on-the-fly
-  source pass), ``bank_file`` (banks as checked safetensors files).
+  source pass), ``bank_file`` (banks as checked safetensors files), ``flux_bank``
+  (FLUX: the inversion, its V bank stored or on the fly).
 - Pictures and scores (pure): ``visualize`` (PCA pictures), ``metrics`` (the
   paper's scores, the sweep's Pareto front), ``charts`` (the sweep's grid and
   plot), ``background`` (background weakening with a subject mask).
 - Wired to ComfyUI: ``patcher`` (the only module that touches ModelPatcher:
   model facts, patched clones that hook each kind's sites through the patch
   point its ``SiteKind`` names), ``sampling`` (inversion, recording, PnP
-  sampling through ComfyUI's CFGGuider, on the family's schedule), ``probe`` (one site's tensors for the
-  PCA pictures), ``scoring`` (the scores on ComfyUI's vision models),
+  sampling through ComfyUI's CFGGuider, on the family's schedule), ``probe`` (PnP Feature PCA: one site's
+  tensors, from the bank or a live pass, and their q/k through the family's
+  ``query_key`` on the loaded model), ``scoring`` (the scores on ComfyUI's vision models),
   ``sweep`` (PnP sampling over a grid of thresholds).
 
 Everything above "Wired to ComfyUI" imports no ComfyUI module (tests/pure.py

@@ -5,21 +5,34 @@ time), keyed ``(interval j, second)``: j indexes [s[j+1], s[j]] of the schedule 
 ``second`` tells the interval's midpoint evaluation from its first one (``families.flux.evaluation_key``). With the
 inputs, V can be recorded again later at other blocks or steps, bit for bit what the inversion itself saw.
 
-``FluxBank``: V keyed ``(j, second, block)``. Only the ``inject`` noisiest intervals are recorded, and only at the
-chosen single-stream blocks: what the denoising pass reads, nothing more. Tensors are (1, heads, text + image
-tokens, head_dim) in the bank's dtype on the device ComfyUI keeps intermediates on.
+``FluxBank`` (mode "stored"): V keyed ``(j, second, block)``. Only the ``inject`` noisiest intervals are recorded,
+and only at the chosen single-stream blocks: what the denoising pass reads, nothing more. Tensors are (1, heads,
+text + image tokens, head_dim) in the bank's dtype on the device ComfyUI keeps intermediates on.
+
+``FluxLiveBank`` (mode "on the fly", ``bank.ON_THE_FLY``): the same choice of blocks and steps with no V at all.
+The denoising pass computes, just before each evaluation that injects, the V of the inversion's evaluation under
+the same key (one model call on the stored input, source prompt, guidance 1), injects it and drops it: one
+evaluation's V in memory at a time, at one model call per injected evaluation.
+
+Memory (``families.flux.bank_bytes``): an evaluation's V at the chosen blocks is (text + image tokens) x hidden x
+blocks x bytes an element; stored holds that for every recorded evaluation (rf-solver 2 a step, fireflow and euler
+1), on the fly for one at a time.
 
 Pure: no ComfyUI imports.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any, ClassVar
 
 import torch
 
+from . import flow_solvers
+from .bank import ON_THE_FLY, STORED
 from .errors import PnPInputError
+from .families import flux as flux_family
 
 Key = tuple[int, bool, int]
 
@@ -40,6 +53,10 @@ class FluxInversion:
     def steps(self) -> int:
         return len(self.times) - 1
 
+    @property
+    def image_tokens(self) -> int:
+        return flux_family.image_tokens(tuple(self.inverted.shape[-2:]))
+
     def check_model(self, variant: str, fingerprint: str, what: str = "inversion") -> None:
         if (variant, fingerprint) != (self.variant, self.fingerprint):
             raise PnPInputError(
@@ -48,8 +65,25 @@ class FluxInversion:
             )
 
 
+def denoising_evaluations(solver: str, steps: int) -> tuple[tuple[int, bool], ...]:
+    """The keys ``(j, second)`` a denoising pass of ``solver`` evaluates, in order: rf-solver both evaluations of
+    every step, fireflow the first only in step 0 (later steps reuse the previous midpoint) and every midpoint,
+    euler the first of every step."""
+    first, second = flux_family.FIRST, flux_family.SECOND
+    if solver == flow_solvers.RF_SOLVER:
+        return tuple((j, e) for j in range(steps) for e in (first, second))
+    if solver == flow_solvers.FIREFLOW:
+        return ((0, first),) + tuple((j, second) for j in range(steps))
+    return tuple((j, first) for j in range(steps))
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str:
+    return "-" if dtype is None else str(dtype).removeprefix("torch.")
+
+
 @dataclass(frozen=True)
 class FluxBank:
+    mode: ClassVar[str] = STORED
     inversion: FluxInversion
     blocks: tuple[int, ...]  # single-stream blocks recorded
     inject: int  # intervals 0 .. inject-1 recorded (the first ``inject`` denoising steps)
@@ -85,3 +119,91 @@ class FluxBank:
 
     def check_model(self, variant: str, fingerprint: str) -> None:
         self.inversion.check_model(variant, fingerprint, "bank")
+
+    def summary(self) -> str:
+        """What the bank holds, as a node shows it: mode, steps, blocks, evaluations, bytes."""
+        evaluations = len({key[:2] for key in self.values})
+        dtype = _dtype_name(next(iter(self.values.values())).dtype) if self.values else "-"
+        return (f"FLUX, stored: {self.solver} {self.steps} steps, inject {self.inject}, {len(self.blocks)} single "
+                f"blocks, {evaluations} evaluations, {self.nbytes / 1e6:.1f} MB {dtype}")
+
+
+@dataclass(frozen=True)
+class FluxLiveBank:
+    """A FLUX bank "on the fly": the inversion, the blocks and steps to inject, the source conditioning and the
+    dtype V is held in while sampling; no V. ``flux_sampling.sample`` recomputes each injected evaluation's V
+    just before the denoising evaluation that reads it (``source_keys``) and drops it after."""
+
+    mode: ClassVar[str] = ON_THE_FLY
+    inversion: FluxInversion
+    blocks: tuple[int, ...]  # single-stream blocks injected
+    inject: int  # intervals 0 .. inject-1 injected (the first ``inject`` denoising steps)
+    conditioning: Any = field(compare=False, repr=False)  # the source prompt (ComfyUI CONDITIONING), as given
+    storage_dtype: torch.dtype  # V's dtype between its source call and its injection (as a stored bank's)
+    source_tokens: int  # text tokens of the source conditioning
+    hidden_size: int  # the transformer's width: heads x head_dim, the size of one token's V
+
+    @property
+    def times(self) -> tuple[float, ...]:
+        return self.inversion.times
+
+    @property
+    def solver(self) -> str:
+        return self.inversion.solver
+
+    @property
+    def inverted(self) -> torch.Tensor:
+        return self.inversion.inverted
+
+    @property
+    def steps(self) -> int:
+        return self.inversion.steps
+
+    @property
+    def values(self) -> Mapping[Key, torch.Tensor]:
+        return MappingProxyType({})
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of V the bank holds: none."""
+        return 0
+
+    def value(self, interval: int, second: bool, block: int) -> None:
+        return None
+
+    def check_model(self, variant: str, fingerprint: str) -> None:
+        self.inversion.check_model(variant, fingerprint, "bank")
+
+    @property
+    def source_keys(self) -> tuple[tuple[int, bool], ...]:
+        """The evaluations ``(j, second)`` whose V the denoising pass computes (one model call each), in order:
+        those it evaluates in the first ``inject`` intervals that the inversion evaluated too."""
+        if not self.blocks:
+            return ()
+        return tuple(key for key in denoising_evaluations(self.solver, self.steps)
+                     if key[0] < self.inject and key in self.inversion.inputs)
+
+    @property
+    def evaluation_nbytes(self) -> int:
+        """Bytes of one evaluation's V at the chosen blocks: what the denoising pass holds at most."""
+        tokens = self.source_tokens + self.inversion.image_tokens
+        element = torch.empty((), dtype=self.storage_dtype).element_size()
+        return flux_family.bank_bytes(tokens, self.hidden_size, len(self.blocks), 1, 1, element)
+
+    @property
+    def peak_nbytes(self) -> int:
+        """Bytes of V held at once while sampling: one evaluation's, or none when nothing is injected."""
+        return self.evaluation_nbytes if self.source_keys else 0
+
+    @property
+    def stored_nbytes(self) -> int:
+        """Bytes the same bank would hold in mode "stored" (``flux_sampling.record_bank``)."""
+        recorded = [key for key in self.inversion.inputs if key[0] < self.inject] if self.blocks else []
+        return len(recorded) * self.evaluation_nbytes
+
+    def summary(self) -> str:
+        """What the bank holds, as a node shows it: nothing stored, the peak while sampling and the extra calls."""
+        return (f"FLUX, on the fly: {self.solver} {self.steps} steps, inject {self.inject}, {len(self.blocks)} "
+                f"single blocks: nothing stored; sampling holds one evaluation's V at a time "
+                f"({self.peak_nbytes / 1e6:.1f} MB {_dtype_name(self.storage_dtype)}, stored would be "
+                f"{self.stored_nbytes / 1e6:.1f} MB) for {len(self.source_keys)} extra model calls")

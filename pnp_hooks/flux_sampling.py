@@ -9,6 +9,11 @@ MODEL, with a ``flow_solvers`` KSAMPLER function over the official schedule (``f
   found from the sigma ComfyUI passes (``families.flux.evaluation_key``), never from a call counter.
 - ``sample``: from the inverted noise (t = 1 to 0) with the target conditioning at the user's guidance; the
   ``attn1_patch`` returns ``{"v": recorded V}`` wherever the bank holds one under the evaluation's key.
+- On the fly (``live_bank``, mode ``bank.ON_THE_FLY``): the bank holds no V; the guider carries the source
+  conditioning as one more conditioning (``live_source.SOURCE_COND``) and, just before each denoising evaluation
+  that injects, the solver runs the model once on the inversion's stored input under the same key (source prompt,
+  guidance 1, recording V at the blocks as ``record_bank`` does), hands that V to the ``attn1_patch`` and drops it
+  after the evaluation.
 
 The clones get a model_sampling whose ``calculate_denoised`` hands the solvers FLUX's velocity as it is
 (the official solvers need v at t = 0, where x - t v says nothing) and whose final rescale is the identity
@@ -30,7 +35,8 @@ import latent_preview
 from . import families, flow_solvers, host_api, patcher
 from .errors import PnPInputError
 from .families import flux as flux_family
-from .flux_bank import FluxBank, FluxInversion
+from .flux_bank import FluxBank, FluxInversion, FluxLiveBank
+from .live_source import SOURCE_COND, check_conditioning
 
 # The first ComfyUI whose FLUX blocks call attn1_patch (with block_type / block_index) that PnP was tested on.
 MIN_COMFYUI_FOR_FLUX = (0, 33, 0)
@@ -154,18 +160,24 @@ def _clone(model, patch: _VPatch):
 
 
 def _run(clone, conditioning, function, noise: torch.Tensor, latent: torch.Tensor, times: torch.Tensor,
-         steps: int):
+         steps: int, source=None):
     """One pass of the KSAMPLER ``function`` through ComfyUI's CFGGuider (cfg 1): the pass's end point in model
-    space (float32, CPU) and the guider's output (LATENT space)."""
+    space (float32, CPU) and the guider's output (LATENT space). ``source``: the source conditioning of an
+    on-the-fly bank, carried by the guider under ``SOURCE_COND`` (processed by ComfyUI with the target's);
+    ``function`` is then also given the guider (``guider=``) to run it."""
     kept = {}
+    guider = comfy.samplers.CFGGuider(clone)
+    with_guider = {} if source is None else {"guider": guider}
 
     def solve(model, x, sigmas, extra_args=None, callback=None, disable=None):
         kept["x"] = function(model, x, sigmas, extra_args, callback, disable,
-                             check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+                             check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
+                             **with_guider)
         return kept["x"]
 
-    guider = comfy.samplers.CFGGuider(clone)
     guider.set_conds(conditioning, [])
+    if source is not None:
+        guider.inner_set_conds({SOURCE_COND: source})
     guider.set_cfg(1.0)
     callback = latent_preview.prepare_callback(clone, steps)
     out = guider.sample(noise, latent, comfy.samplers.KSAMPLER(solve), times, callback=callback,
@@ -251,16 +263,89 @@ def record_bank(model, inversion: FluxInversion, conditioning, blocks: str = flu
     return FluxBank(inversion, chosen, inject, patch.recorded, int(conditioning[0][0].shape[1]))
 
 
-def sample(model, bank: FluxBank, conditioning, guidance: float | None = flux_family.DEFAULT_GUIDANCE,
+def live_bank(model, inversion: FluxInversion, conditioning, blocks: str = flux_family.DEFAULT_BLOCKS,
+              inject: int = 3, storage_dtype: torch.dtype = torch.float32) -> FluxLiveBank:
+    """The bank "on the fly" (``bank.ON_THE_FLY``) of a stored inversion: ``record_bank``'s arguments, nothing
+    recorded now. ``sample`` computes the V of each injected evaluation just before the denoising evaluation that
+    reads it: one model call on the inversion's stored input under that key with the source ``conditioning`` (one
+    plain prompt) at guidance 1, V at the single ``blocks`` kept in ``storage_dtype``, injected, then dropped. The
+    translation is the stored bank's bit for bit (same device); it costs one model call per injected evaluation
+    (``FluxLiveBank.source_keys``) and holds one evaluation's V (``peak_nbytes``) instead of all of them
+    (``stored_nbytes``)."""
+    layout = check_model(model)
+    inversion.check_model(families.variant_of(model), _fingerprint(model))
+    _check_recording(inversion.solver, inversion.steps, inject)
+    check_conditioning(conditioning)
+    chosen = flux_family.blocks_of(blocks, layout)
+    return FluxLiveBank(inversion, chosen, inject, conditioning, storage_dtype, int(conditioning[0][0].shape[1]),
+                        layout.hidden_size)
+
+
+class _LiveSource:
+    """Per-run state of an on-the-fly bank's denoising pass (made by ``sample``, dropped with it): the V of the
+    evaluation about to run, which ``_VPatch`` reads through ``value`` as it reads a stored bank."""
+
+    def __init__(self, bank: FluxLiveBank, active: bool):
+        self.bank, self.source_tokens = bank, bank.source_tokens
+        self.keys = frozenset(bank.source_keys) if active else frozenset()
+        self.current: dict[tuple[int, bool, int], torch.Tensor] = {}
+
+    def value(self, interval: int, second: bool, block: int) -> torch.Tensor | None:
+        return self.current.get((interval, second, block))
+
+    def solver(self, injecting: _VPatch):
+        """The bank's solver as a KSAMPLER function that computes each injected evaluation's V just before it."""
+        function = flow_solvers.FUNCTIONS[self.bank.solver]
+
+        def solve(model, x, sigmas, extra_args=None, callback=None, disable=None, check_interrupt=None, guider=None):
+            def evaluate(latent, sigma, **kwargs):
+                key = flux_family.evaluation_key(float(sigma[0]), self.bank.times, inverse=False)
+                if key in self.keys:
+                    self.current = self._source_values(guider, key, latent, kwargs.get("model_options", {}),
+                                                       injecting)
+                try:
+                    return model(latent, sigma, **kwargs)
+                finally:
+                    self.current = {}
+
+            return function(evaluate, x, sigmas, extra_args, callback, disable, check_interrupt)
+
+        return solve
+
+    def _source_values(self, guider, key: tuple[int, bool], x: torch.Tensor, model_options: dict,
+                       injecting: _VPatch) -> dict:
+        """V at the bank's blocks of the inversion's evaluation ``key``: the model on its stored (latent, time) with
+        the guider's source conditioning, this pass's options with the recording patch in place of ``injecting``
+        (what ``record_bank``'s replay runs)."""
+        latent, time = self.bank.inversion.inputs[key]
+        recording = _VPatch(self.bank.times, self.bank.blocks, inverse=True, inject=self.bank.inject,
+                            storage_dtype=self.bank.storage_dtype)
+        transformer_options = dict(model_options.get("transformer_options", {}))
+        patches = dict(transformer_options.get("patches", {}))
+        patches["attn1_patch"] = [p for p in patches.get("attn1_patch", []) if p is not injecting] + [recording]
+        transformer_options["patches"] = patches
+        options = {**model_options, "transformer_options": transformer_options}
+        sigma = torch.full((x.shape[0],), time, dtype=torch.float32, device=x.device)
+        comfy.samplers.calc_cond_batch(guider.inner_model, [guider.conds[SOURCE_COND]], latent.to(x), sigma, options)
+        return recording.recorded
+
+
+def sample(model, bank: FluxBank | FluxLiveBank, conditioning, guidance: float | None = flux_family.DEFAULT_GUIDANCE,
            inject: bool = True) -> tuple[dict, list[tuple[int, bool, int]]]:
     """Denoise the bank's inverted noise (t = 1 to 0) with the target ``conditioning`` at FLUX ``guidance`` (None:
     the conditioning's own, as set by FluxGuidance), putting the bank's V in place wherever it holds one (``inject``
-    False: plain denoising). Returns the LATENT and the keys injected, in order."""
+    False: plain denoising). An on-the-fly bank (``live_bank``) computes each injected V just before the evaluation
+    that reads it. Returns the LATENT and the keys injected, in order."""
     check_model(model)
     bank.check_model(families.variant_of(model), _fingerprint(model))
-    patch = _VPatch(bank.times, bank.blocks if inject else (), inverse=False, inject=bank.inject, bank=bank)
+    live = _LiveSource(bank, inject) if isinstance(bank, FluxLiveBank) else None
+    patch = _VPatch(bank.times, bank.blocks if inject else (), inverse=False, inject=bank.inject,
+                    bank=bank if live is None else live)
     target = _with_guidance(conditioning, guidance)
     times = torch.tensor(bank.times, dtype=torch.float32)
-    _, out = _run(_clone(model, patch), target, flow_solvers.FUNCTIONS[bank.solver], bank.inverted,
-                  torch.zeros_like(bank.inverted), times, bank.steps)
+    function, source = flow_solvers.FUNCTIONS[bank.solver], None
+    if live is not None:
+        function, source = live.solver(patch), _with_guidance(bank.conditioning, flux_family.INVERSION_GUIDANCE)
+    _, out = _run(_clone(model, patch), target, function, bank.inverted, torch.zeros_like(bank.inverted), times,
+                  bank.steps, source=source)
     return {"samples": out}, patch.injected

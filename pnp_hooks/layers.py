@@ -21,11 +21,7 @@ from typing import Iterator, Mapping
 
 from . import families, indices
 from .errors import PnPInputError
-from .families import SiteKind, unet
-
-# The UNet family's layout, under the names the pack has always used.
-UNetLayout = unet.UNetLayout
-decoder_layout = unet.layout_of
+from .families import SiteKind
 
 
 @dataclass(frozen=True)

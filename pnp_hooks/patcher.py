@@ -282,18 +282,3 @@ def with_next_timestep_labels(model, next_label: dict[int, int]):
     clone.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, f"{PATCH_KEY}.inversion", relabel)
     return clone
 
-
-def attention_qk(model, site: tuple[int, int], n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """q and k of attention site ``site``'s self-attention (the family's ``query_key``) for its inputs ``n``
-    (..., tokens, C).
-
-    Runs the model's own ``to_q`` / ``to_k`` (LoRA patches included: the model
-    is loaded the way samplers load it) on its load device in its compute
-    dtype. Returns float32 q, k (..., tokens, heads*dim_head) on that device
-    and the head count.
-    """
-    comfy.model_management.load_models_gpu([model])
-    base = model.model
-    dtype = base.manual_cast_dtype if base.manual_cast_dtype is not None else base.get_dtype()
-    x = n.to(device=model.load_device, dtype=dtype)
-    return families.family_of(model).query_key(base.diffusion_model, site, x)

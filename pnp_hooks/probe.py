@@ -4,9 +4,10 @@ The tensors come from a feature bank (cond branch, as the original's
 visualizations), or, when the bank lacks the layer or the steps, from a live
 source pass ``UNet(z_t, t, source prompt)`` on the bank's own trajectory with
 only that site recorded (the same pass that filled the bank). q and k are
-the model's own attn1 projections of the stored attn1 input n. The maths is
-in ``visualize``; this module wires it to ComfyUI through ``sampling`` and
-``patcher``.
+the model's own attn1 projections of the stored attn1 input n: the model is
+loaded as samplers load it and its family's ``query_key`` projects them. The
+maths is in ``visualize``; this module wires it to ComfyUI through
+``sampling`` (the live pass), ``patcher`` (the model's facts) and the family.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
+
+import comfy.model_management
 
 from . import families, patcher, sampling, visualize
 from .bank import LATENT_TO_PIXELS, FeatureBank, check_model, check_one_frame
@@ -24,6 +27,27 @@ from .layers import LayerSites, first_default_site, parse_site, resolve_sites
 
 VIEW_KINDS = ("resblock", "self-attention map", "query", "key", "attention input")
 _NEEDS_MODEL = ("self-attention map", "query", "key")
+
+
+@dataclass(frozen=True)
+class PCARequest:
+    """What PnP Feature PCA is asked to show (its node inputs but the bank and the model).
+
+    ``view``: one of ``VIEW_KINDS``; ``layer``: ``"auto"`` (the bank's first
+    site of that kind), a decoder block (``"4"``) or ``"block:transformer"``;
+    ``steps``: the sampling steps (``visualize.parse_steps``); ``fit``: one of
+    ``visualize.FIT_MODES``; ``frame_width``: px per picture (0: the image's
+    size); ``upscale``: one of ``visualize.UPSCALE_MODES``; ``columns``:
+    pictures per row of the grid (0: one row).
+    """
+
+    view: str
+    layer: str = "auto"
+    steps: str = "auto"
+    fit: str = "across steps"
+    frame_width: int = 0
+    upscale: str = "nearest"
+    columns: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,15 +105,25 @@ def _record_live(model, bank: FeatureBank, kind: SiteKind, site, steps: list[int
     return live.stored[kind.name][site][:, 0]
 
 
-def feature_pca(bank: FeatureBank, kind: str, layer: str, steps_spec: str, model=None, fit: str = "across steps",
-                frame_width: int = 0, upscale: str = "nearest", columns: int = 0) -> PCAView:
-    """PCA pictures of one site's tensors at the chosen sampling steps of ``bank``.
+def _attention_qk(model, family, site: tuple[int, int], n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """q and k of attention site ``site``'s self-attention for its inputs ``n`` (..., tokens, C): ``family``'s
+    ``query_key`` on the model's own ``to_q`` / ``to_k`` (LoRA patches included: the model is loaded the way
+    samplers load it), on its load device in its compute dtype. Float32 q, k (..., tokens, heads*dim_head) on
+    that device, and the head count."""
+    comfy.model_management.load_models_gpu([model])
+    base = model.model
+    dtype = base.manual_cast_dtype if base.manual_cast_dtype is not None else base.get_dtype()
+    x = n.to(device=model.load_device, dtype=dtype)
+    return family.query_key(base.diffusion_model, site, x)
 
-    ``kind``: one of ``VIEW_KINDS``; ``layer``: ``"auto"`` (the bank's first
-    site of that kind), a decoder block (``"4"``) or ``"block:transformer"``.
+
+def feature_pca(bank: FeatureBank, request: PCARequest, model=None) -> PCAView:
+    """PCA pictures of one site's tensors at the chosen sampling steps of ``bank`` (see ``PCARequest``).
+
     ``model`` (the bank's checkpoint) is needed for q/k views and to record
     a layer or step the bank does not hold.
     """
+    kind = request.view
     if kind not in VIEW_KINDS:
         raise PnPInputError(f"view must be one of {VIEW_KINDS}, got {kind!r}.")
     check_one_frame(bank, "PnP Feature PCA")
@@ -101,9 +135,9 @@ def feature_pca(bank: FeatureBank, kind: str, layer: str, steps_spec: str, model
         raise PnPInputError(f"The '{kind}' view projects the stored attention inputs with the model's to_q/to_k: "
                             f"connect the MODEL the bank was recorded with to PnP Feature PCA.")
     site_kind = _kind_of_view(bank, kind)
-    site = _resolve_site(bank, site_kind, layer, facts)
+    site = _resolve_site(bank, site_kind, request.layer, facts)
     recorded = bank.recorded_steps(site_kind)
-    steps = visualize.parse_steps(steps_spec, recorded, bank.steps)
+    steps = visualize.parse_steps(request.steps, recorded, bank.steps)
 
     tensors = _stored(bank, site_kind, site, steps)
     source = "feature bank"
@@ -125,20 +159,20 @@ def feature_pca(bank: FeatureBank, kind: str, layer: str, steps_spec: str, model
         if kind == "attention input":
             features = visualize.DenseFeatures(tensors)
         else:
-            q, k, heads = patcher.attention_qk(model, site, tensors)
+            q, k, heads = _attention_qk(model, facts.family, site, tensors)
             features = {"query": visualize.DenseFeatures(q), "key": visualize.DenseFeatures(k),
                         "self-attention map": visualize.AttentionMaps(q, k, heads)}[kind]
 
-    rgb = visualize.pca_rgb(features, fit)
+    rgb = visualize.pca_rgb(features, request.fit)
     height, width = latent_hw[0] * LATENT_TO_PIXELS, latent_hw[1] * LATENT_TO_PIXELS
-    if frame_width > 0:
-        height, width = max(1, round(frame_width * height / width)), frame_width
-    frames = visualize.upscale(visualize.to_images(rgb, grid_hw), (height, width), upscale)
+    if request.frame_width > 0:
+        height, width = max(1, round(request.frame_width * height / width)), request.frame_width
+    frames = visualize.upscale(visualize.to_images(rgb, grid_hw), (height, width), request.upscale)
     timesteps = [bank.trajectory.timesteps[s] for s in steps]
     caption = (f"{kind} of {_site_name(site_kind, site)} ({features.dim} features per position, "
                f"{grid_hw[0]}x{grid_hw[1]}) at steps {', '.join(map(str, steps))} "
-               f"(t = {', '.join(map(str, timesteps))}); PCA fit {fit}; {source}")
-    return PCAView(frames, visualize.grid(frames, columns), tuple(steps), caption)
+               f"(t = {', '.join(map(str, timesteps))}); PCA fit {request.fit}; {source}")
+    return PCAView(frames, visualize.grid(frames, request.columns), tuple(steps), caption)
 
 
 def _site_name(kind: SiteKind, site) -> str:

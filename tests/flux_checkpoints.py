@@ -107,6 +107,25 @@ def comfy_flux_module(layout: str, device: str = "meta"):
     return flux_model.Flux(dtype=torch.float32, device=device, operations=comfy.ops.disable_weight_init, **params)
 
 
+def comfy_model(layout: str, state_dict: dict[str, torch.Tensor]):
+    """ComfyUI's own FLUX MODEL of the layout, built from its ``supported_models`` config and ``model_base`` (what
+    UNETLoader makes where ComfyUI's detection reads the tiny widths; v0.3.64 detects every FLUX as full size), with
+    ``state_dict`` (BFL key names) loaded; fp32 on the CPU."""
+    import comfy.ldm.flux.model
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config_class = getattr(comfy.supported_models, EXPECTED_DETECTION[layout][0])
+    fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
+    unet_config = {k: v for k, v in flux_params(layout).items() if k in fields}
+    config = config_class({**unet_config, "image_model": "flux"})
+    config.set_inference_dtype(torch.float32, None)
+    base = config.get_model({}, device=torch.device("cpu"))
+    own = base.diffusion_model.state_dict()
+    base.diffusion_model.load_state_dict({k: state_dict[official_key(k)] for k in own}, strict=True)
+    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
 def official_key(key: str) -> str:
     """ComfyUI's name of a tensor -> BFL's (RMSNorm ``*_norm.weight`` -> ``*_norm.scale``; v0.3.64 already uses it)."""
     if key.endswith("_norm.weight"):

@@ -176,7 +176,7 @@ def test_bank_size_formula_matches_recorded_banks_and_real_sdxl_shapes(host, mod
                                                  bank.attention_steps, 1, width)
     # The real SDXL base at 1024x1024 (meta device): the layout's shapes are those of a forward pass.
     bench = _bench()
-    base_layout = layers.decoder_layout(bench.meta_unet(bench.SDXL_BASE))
+    base_layout = host.pack_module("pnp_hooks.families.unet").layout_of(bench.meta_unet(bench.SDXL_BASE))
     assert base_layout.transformer_depth == SDXL_DECODER_DEPTHS
     shapes = bench.decoder_shapes_meta(bench.SDXL_BASE, (128, 128))
     assert sum(1 for key in shapes if key[0] == "attention") == sum(SDXL_DECODER_DEPTHS)

@@ -87,7 +87,7 @@ def toy(host, monkeypatch):
     import comfy.supported_models
 
     families = host.pack_module("pnp_hooks.families")
-    family = ToyFamily(families, host.pack_module("pnp_hooks.layers").UNetLayout,
+    family = ToyFamily(families, host.pack_module("pnp_hooks.families.unet").UNetLayout,
                        host.pack_module("pnp_hooks.families.vp_schedule").DiscreteVPSchedule)
     monkeypatch.setattr(families, "FAMILIES", families.FAMILIES + (family,))
     config = type("ToyConfig", (comfy.supported_models.SD15,), {})({"width": WIDTH})

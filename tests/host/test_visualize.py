@@ -72,7 +72,8 @@ def test_live_recording_equals_the_bank_and_pca_is_repeatable(host, models):
         assert torch.equal(live, bank.stored["resblock"][4][steps, 0])
         live_attn = probe._record_live(model, bank, unet.ATTENTION, (9, 0), [1, 5])
         assert torch.equal(live_attn, bank.stored["attention"][(9, 0)][[1, 5], 0])
-        first = probe.feature_pca(bank, "self-attention map", "6:0", "auto", model)
-        again = probe.feature_pca(bank, "self-attention map", "6:0", "auto", model)
+        request = probe.PCARequest("self-attention map", "6:0", "auto")
+        first = probe.feature_pca(bank, request, model)
+        again = probe.feature_pca(bank, request, model)
         assert torch.equal(first.frames, again.frames) and torch.equal(first.grid, again.grid)
         assert first.steps == (0, 1, 2, 4, 5) and "t = 901, 801, 701, 501, 401" in first.caption

@@ -19,7 +19,7 @@ layers, errors, unet = pure("layers"), pure("errors"), pure("families.unet")
 
 IDENTITY = bank.ModelIdentity("SD15", "eps", "0123456789abcdef", "feedfacecafebeef")
 # A two-level decoder: ResBlock 1 at 2x2 (8 channels), attention 1:0 at 2x2, 2:0 at 4x4 (4 channels).
-LAYOUT = layers.UNetLayout((True, True, True), (0, 1, 1), (8, 8, 4), (0, 8, 4), (1, 1, 0))
+LAYOUT = unet.UNetLayout((True, True, True), (0, 1, 1), (8, 8, 4), (0, 8, 4), (1, 1, 0))
 SITES = layers.LayerSites(unet.KINDS, {"resblock": (1,), "attention": ((1, 0), (2, 0))})
 
 
@@ -219,7 +219,7 @@ def test_a_consistent_forgery_that_does_not_fit_the_model_is_refused_at_load(tmp
     with pytest.raises(bank_file.BankFileError, match=r"tensor resblock.1: shape \[3, 1, 6, 2, 2\] in the file, "
                                                        r"\[3, 1, 8, 2, 2\] at that layer"):
         _read(path, identity=IDENTITY, layout=LAYOUT)
-    smaller = layers.UNetLayout((True, True), (0, 1), (8, 8), (0, 8), (1, 1))
+    smaller = unet.UNetLayout((True, True), (0, 1), (8, 8), (0, 8), (1, 1))
     with pytest.raises(bank_file.BankFileError, match=r"layers \['2:0'\] of the file do not exist"):
         _read(path, identity=IDENTITY, layout=smaller)
 

@@ -12,7 +12,7 @@ layers, injection, sources, schedule = pure("layers"), pure("injection"), pure("
 bank, unet = pure("bank"), pure("families.unet")
 
 # SD 1.5's decoder (as in test_layers); the new kind lives where attention does, injected with its threshold.
-SD15 = layers.UNetLayout(
+SD15 = unet.UNetLayout(
     has_resblock=(True,) * 12, transformer_depth=(0, 0, 0) + (1,) * 9,
     resblock_channels=(1280,) * 6 + (640,) * 3 + (320,) * 3,
     attention_channels=(0, 0, 0) + (1280,) * 3 + (640,) * 3 + (320,) * 3,

@@ -13,12 +13,12 @@ unet = pure("families.unet")
 RES, ATT = unet.RESBLOCK, unet.ATTENTION
 
 # The decoders of the real SD 1.5 and SDXL base UNets (ComfyUI's openaimodel, read off the modules).
-SD15 = layers.UNetLayout(
+SD15 = unet.UNetLayout(
     has_resblock=(True,) * 12, transformer_depth=(0, 0, 0) + (1,) * 9,
     resblock_channels=(1280,) * 6 + (640,) * 3 + (320,) * 3,
     attention_channels=(0, 0, 0) + (1280,) * 3 + (640,) * 3 + (320,) * 3,
     downsamplings=(3, 3, 3, 2, 2, 2, 1, 1, 1, 0, 0, 0))
-SDXL = layers.UNetLayout(
+SDXL = unet.UNetLayout(
     has_resblock=(True,) * 9, transformer_depth=(10, 10, 10, 2, 2, 2, 0, 0, 0),
     resblock_channels=(1280,) * 3 + (640,) * 3 + (320,) * 3,
     attention_channels=(1280,) * 3 + (640,) * 3 + (0,) * 3,

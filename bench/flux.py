@@ -10,7 +10,6 @@ asserted, the figures are recorded. Times are CPU wall seconds (best of ``REPEAT
 """
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import tempfile
@@ -67,8 +66,8 @@ def main() -> None:
     folder_paths.add_model_folder_path("diffusion_models", str(folder), is_default=True)
     name = fc.ensure_model("flux_dev_tiny", folder)
     (model,) = run_node("UNETLoader", unet_name=name, weight_dtype="default")
-    flux_sampling = importlib.import_module(f"{host.pack_module_name}.pnp_hooks.flux_sampling")
-    flux_family = importlib.import_module(f"{host.pack_module_name}.pnp_hooks.families.flux")
+    flux_sampling = sys.modules[f"{host.pack_module_name}.pnp_hooks.flux_sampling"]
+    flux_family = sys.modules[f"{host.pack_module_name}.pnp_hooks.families.flux"]
     tokens, pooled = fc.random_conditioning("source")
     source = [[tokens, {"pooled_output": pooled}]]
     tokens, pooled = fc.random_conditioning("target")
@@ -95,15 +94,16 @@ def main() -> None:
 
             hooks_s, (hooks_nfe, bank) = timed(one_pass)
 
-            def two_stage():  # what the nodes will do: invert, then record the bank from the stored inputs
+            def nodes():
                 with Calls(net) as calls:
-                    inverted = flux_sampling.invert(model, latent["samples"], source, steps, solver=solver)
-                    features = flux_sampling.record_bank(model, inverted.inversion, source, blocks=blocks,
-                                                         inject=inject, storage_dtype=torch.float16)
-                    flux_sampling.sample(model, features, target, guidance=None)
+                    inversion, _ = run_node("PnP_DDIMInversion", model=model, latent=latent, conditioning=source,
+                                            steps=steps, solver=solver)
+                    (features,) = run_node("PnP_FeatureBank", model=model, inversion=inversion, conditioning=source,
+                                           attention_layers=blocks, inject_steps=inject, bank_dtype="fp16")
+                    run_node("PnP_Sampler", model=model, positive=target, negative=source, features=features)
                 return calls.count, features
 
-            nodes_s, (nodes_nfe, features) = timed(two_stage)
+            nodes_s, (nodes_nfe, features) = timed(nodes)
             evaluations = {"rf-solver": 2, "fireflow": 1, "euler": 1}[solver]
             n_blocks = len(bank.blocks)
             formula = flux_family.bank_bytes(image_tokens + source[0][0].shape[1], net.hidden_size, n_blocks,
@@ -118,9 +118,9 @@ def main() -> None:
         f"Tiny random FLUX.1 dev (hidden 128, 2 double + 38 single blocks), latent {LATENT[2]}x{LATENT[3]} "
         f"({image_tokens} image tokens), 8 text tokens; best of {REPEATS}. `plain` = ComfyUI's KSampler (euler, "
         "simple, cfg 1) at the same steps: one model call a step, no inversion.", "",
-        "| recipe | steps | inject | blocks | official NFE | ours, recorded in the inversion | ours, bank "
-        "recorded after (record_bank) | plain s | one pass s (x plain) | two stages s (x plain) | bank B (fp32) | "
-        "formula B | record_bank bank B (fp16) | 1024 px FLUX.1-dev bf16 B |",
+        "| recipe | steps | inject | blocks | official NFE | ours, recorded in the inversion | ours, nodes "
+        "(bank recorded after) | plain s | hooks s (x plain) | nodes s (x plain) | bank B (fp32) | formula B | "
+        "node bank B (fp16) | 1024 px FLUX.1-dev bf16 B |",
         "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for (title, steps, inject, blocks, official, hooks_nfe, nodes_nfe, plain_s, hooks_s, nodes_s, nbytes, formula,
@@ -128,8 +128,8 @@ def main() -> None:
         lines.append(f"| {title} | {steps} | {inject} | {blocks} | {official} | {hooks_nfe} | {nodes_nfe} | "
                      f"{plain_s:.2f} | {hooks_s:.2f} ({hooks_s / plain_s:.1f}x) | {nodes_s:.2f} "
                      f"({nodes_s / plain_s:.1f}x) | {nbytes:,} | {formula:,} | {node_bytes:,} | {real:,} |")
-    lines += ["", "`record_bank` records V after the inversion from its stored inputs (as a Feature Bank node will), one "
-              "model call per recorded evaluation on top of the official count; `invert(..., inject=k)` records in "
+    lines += ["", "The nodes record V after the inversion from its stored inputs (PnP Feature Bank), one model call per "
+              "recorded evaluation on top of the official count; the hooks-level `invert(..., inject=k)` records in "
               "the inversion pass, at exactly the official count."]
     text = "\n".join(lines) + "\n"
     (ROOT / "bench" / "FLUX.md").write_text(text, encoding="utf-8")

@@ -302,9 +302,9 @@ def test_a_bank_recorded_from_the_stored_inversion_is_the_one_the_inversion_reco
     assert calls.count == len(evaluations) == {"rf-solver": 2 * inject, "fireflow": inject}[solver]
 
 
-def test_the_pnp_nodes_refuse_a_flux_model_with_what_to_load(host, flux):
-    """The nodes run the DDIM path only (the FLUX path is reached through ``pnp_hooks.flux_sampling``): PnP DDIM
-    Inversion and PnP Generate Guidance given a FLUX MODEL stop at once, naming what they run."""
+def test_the_ddim_only_nodes_refuse_a_flux_model_with_what_to_load(host, flux):
+    """PnP Generate Guidance (DDIM generation, the UNet path only) given a FLUX MODEL stops at once, naming what it
+    runs."""
     model, _ = flux("flux_dev_tiny")
     errors = host.pack_module("pnp_hooks.errors")
     source, _ = _conditioning(SOURCE)
@@ -312,9 +312,6 @@ def test_the_pnp_nodes_refuse_a_flux_model_with_what_to_load(host, flux):
                                                    "dev, which they cannot run"):
         run_node("PnP_GenerateGuidance", model=model, positive=source, negative=source,
                  latent={"samples": torch.zeros(1, 16, 8, 8)}, steps=3)
-    with pytest.raises(errors.PnPInputError, match="DDIM nodes run SD 1.x, SD 2.x and SDXL; this MODEL is FLUX.1"):
-        run_node("PnP_DDIMInversion", model=model, latent={"samples": torch.zeros(1, 16, 8, 8)},
-                 conditioning=source, steps=3)
 
 
 def test_guidance_none_keeps_the_target_conditionings_own_flux_guidance(host, flux):
@@ -327,3 +324,53 @@ def test_guidance_none_keeps_the_target_conditionings_own_flux_guidance(host, fl
         out, _ = dev.flux_sampling.sample(dev.model, dev.bank, guided, guidance=None)
     theirs = _reference(dev.reference, dev.latent, "rf-solver-edit", 2, guidance=3.0)
     assert (dev.fmt.process_in(out["samples"].clone()) - theirs.latent).abs().max().item() <= PARITY_TOL
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_the_pnp_nodes_run_flux_as_the_official_algorithm(host, flux, recipe):
+    """The node IDs users know, given a FLUX MODEL: PnP DDIM Inversion (solver), PnP Feature Bank
+    (attention_layers = single blocks, inject_steps, fp32) and PnP Sampler (FLUX guidance from FluxGuidance on the
+    target prompt) give the official edit to 1e-4; the inversion's noise output is its end point."""
+    model, reference = flux("flux_schnell_tiny")
+    latent = _latent()
+    if not _has_flux_patches(host):
+        _refused(host, model, latent)
+        return
+    solver, steps, inject, blocks, _, _ = RECIPES[recipe]
+    fmt = model.get_model_object("latent_format")
+    source, _ = _conditioning(SOURCE)
+    target, _ = _conditioning(TARGET)
+    (guided,) = run_node("FluxGuidance", conditioning=target, guidance=GUIDANCE)
+    inversion, noise = run_node("PnP_DDIMInversion", model=model, latent={"samples": fmt.process_out(latent.clone())},
+                                conditioning=source, steps=steps, solver=solver)
+    (bank,) = run_node("PnP_FeatureBank", model=model, inversion=inversion, conditioning=source,
+                       attention_layers=blocks, inject_steps=inject, bank_dtype="fp32")
+    (out,) = run_node("PnP_Sampler", model=model, positive=guided, negative=source, features=bank)
+    theirs = _reference(reference, latent, recipe, inject)
+    err = (ref.pack(fmt.process_in(out["samples"].clone())) - ref.pack(theirs.latent)).abs().max().item()
+    print(f"\nnodes, schnell {recipe}: max |ours - reference| {err:.2e}; bank {bank.nbytes} B")
+    assert err <= PARITY_TOL
+    noise_err = (fmt.process_in(noise["samples"].clone()) - ref.unpack(theirs.inverted, *LATENT_HW)).abs().max()
+    assert noise_err <= PARITY_TOL
+    assert bank.nbytes == theirs.store_bytes > 0
+
+    errors = host.pack_module("pnp_hooks.errors")
+    with pytest.raises(errors.PnPInputError, match="FLUX has no ResBlock sites"):
+        run_node("PnP_FeatureBank", model=model, inversion=inversion, conditioning=source, resblock_layers="4")
+    with pytest.raises(errors.PnPInputError, match="mask and injection_strength are not available on FLUX"):
+        run_node("PnP_Sampler", model=model, positive=guided, negative=source, features=bank, injection_strength=0.5)
+
+
+def test_the_sd_bank_nodes_refuse_a_flux_bank_by_name(host, flux):
+    """PnP Save Feature Bank and PnP Feature PCA read SD banks: a FLUX bank is refused, naming where it goes."""
+    model, _ = flux("flux_schnell_tiny")
+    if not _has_flux_patches(host):
+        _refused(host, model, _latent())
+        return
+    flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
+    errors = host.pack_module("pnp_hooks.errors")
+    source, _ = _conditioning(SOURCE)
+    with torch.inference_mode():
+        bank = flux_sampling.invert(model, torch.zeros(1, 16, 8, 8), source, 1, solver="euler", inject=1)
+    for node, inputs in (("PnP_SaveFeatures", {}), ("PnP_FeaturePCA", {"model": model})):
+        with pytest.raises(errors.PnPInputError, match="takes a bank recorded with an SD model; this one is a FLUX"):

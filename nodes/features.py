@@ -98,8 +98,9 @@ class PnPFeatureBank(io.ComfyNode):
                 batch_memory=ONE_FRAME, inject_steps=-1) -> io.NodeOutput:
         check_inputs(_bank_inputs(), locals(), LAYER_TEXT_CHECKS)  # locals(): the inputs, by name
         if flux.is_flux(model):
-            return io.NodeOutput(flux.record(model, inversion, conditioning, resblock_layers, attention_layers,
-                                             bank_dtype, mode, inject_steps))
+            bank, shown = flux.record(model, inversion, conditioning, resblock_layers, attention_layers, bank_dtype,
+                                      mode, inject_steps)
+            return io.NodeOutput(bank, ui=ui.PreviewText(shown))
         facts = patcher.model_facts(model)
         sites = resolve_layers(facts, resblock_layers, attention_layers)
         feature_steps, attention_steps = recorded_steps(inversion.steps, feature_injection, attention_injection)

@@ -10,17 +10,21 @@ mean on FLUX:
   solver); ``bank_dtype``; ``resblock_layers`` must be "auto" or empty (FLUX has no ResBlocks).
 - PnP Sampler: the target prompt's FLUX guidance comes from its conditioning (FluxGuidance; the examples use 2);
   ``cfg``, ``feature_injection`` and ``attention_injection`` are the DDIM path's and not read; the bank's steps
-  are all injected.
+  are all injected. ``mask`` (with ``outside_mask_strength``) and ``injection_strength`` blend the recorded V with
+  the target's own as on SD: per image token (a 2x2 latent patch) the mask's weight, area-averaged, times the
+  strength; text tokens the strength times the mask's largest weight (``flux_sampling.token_weights``).
+- PnP Guider has no FLUX path (FLUX's solvers are not ComfyUI samplers): it refuses a FLUX MODEL by name.
 """
 from __future__ import annotations
 
 import logging
 
 from ..pnp_hooks import flow_solvers, flux_sampling
-from ..pnp_hooks.bank import STORAGE_DTYPES, STORED
+from ..pnp_hooks.bank import STORAGE_DTYPES, STORED, pixel_size
 from ..pnp_hooks.errors import PnPInputError
 from ..pnp_hooks.families import flux as flux_family
 from ..pnp_hooks.flux_bank import FluxBank, FluxInversion
+from ..pnp_hooks.masks import check_mask_form, injection_weight_map
 
 log = logging.getLogger("comfyui_pnp")
 
@@ -55,8 +59,9 @@ def check_layers(model, resblock_layers: str, attention_layers: str) -> tuple[in
 
 
 def record(model, inversion, conditioning, resblock_layers: str, attention_layers: str, bank_dtype: str,
-           mode: str, inject_steps: int) -> FluxBank:
-    """PnP Feature Bank on FLUX: V at the chosen single blocks for the injecting steps, from the stored inversion."""
+           mode: str, inject_steps: int) -> tuple[FluxBank, str]:
+    """PnP Feature Bank on FLUX: V at the chosen single blocks for the injecting steps, from the stored inversion;
+    returns the bank and what the node shows of it (``summary``)."""
     if not isinstance(inversion, FluxInversion):
         raise PnPInputError("This inversion was made with DDIM (an SD model); connect a PnP DDIM Inversion run on "
                             "this FLUX model.")
@@ -69,7 +74,16 @@ def record(model, inversion, conditioning, resblock_layers: str, attention_layer
                                      storage_dtype=STORAGE_DTYPES[bank_dtype])
     log.info("PnP FLUX bank: %s, %d steps, inject %d, single blocks %s: %d bytes", inversion.solver,
              inversion.steps, bank.inject, spec, bank.nbytes)
-    return bank
+    return bank, summary(bank, bank_dtype, spec)
+
+
+def summary(bank: FluxBank, bank_dtype: str, blocks: str) -> str:
+    """What a FLUX bank holds, as PnP Feature Bank shows it, in the SD bank's form (ResBlock + attention steps of
+    the steps, sites, size; then the layers and the image): V only, so no ResBlock step. ``blocks``: the single
+    blocks as the user named them."""
+    return (f"0 + {bank.inject} of {bank.steps} steps, {len(bank.blocks)} sites, {bank.nbytes / 1e6:.1f} MB "
+            f"{bank_dtype}\nV of single blocks {blocks} ({bank.solver})\n"
+            f"FLUX guidance image, {pixel_size(tuple(bank.inverted.shape))}")
 
 
 def refuse_flux_bank(features, node: str) -> None:
@@ -80,24 +94,36 @@ def refuse_flux_bank(features, node: str) -> None:
 
 
 def check_sampler_options(negative_prompt=None, mask=None, injection_strength=1.0, start=None, **_) -> None:
-    """The PnP Sampler options the FLUX path does not run yet, refused by name."""
+    """The PnP Sampler options the FLUX path does not run, refused by name, and the mask's form (before the bank)."""
     if negative_prompt is not None:
         raise PnPInputError("negative_prompt is for the DDIM path; disconnect it for FLUX.")
-    if mask is not None or injection_strength != 1.0:
-        raise PnPInputError("mask and injection_strength are not available on FLUX yet: disconnect the mask and "
-                            "set injection_strength to 1.")
+    if mask is not None:
+        check_mask_form(mask)
     if start not in (None, "inverted"):
         raise PnPInputError("On FLUX sampling starts from the inverted noise: set start to 'inverted'.")
 
 
-def sample(model, positive, features, steps: int) -> dict:
-    """PnP Sampler on FLUX: denoise the bank's inverted noise with the target prompt, V put in place."""
+def refuse_in_guider(model) -> None:
+    """PnP Guider hands ComfyUI's custom samplers a GUIDER; FLUX's PnP runs its own solvers (rf-solver, fireflow)."""
+    if is_flux(model):
+        raise PnPInputError("PnP Guider runs SD models only; for FLUX use PnP Sampler (it runs the FLUX solvers, "
+                            "with the same mask and injection_strength).")
+
+
+def sample(model, positive, features, steps: int, mask=None, injection_strength: float = 1.0,
+           outside_mask_strength: float = 0.0) -> dict:
+    """PnP Sampler on FLUX: denoise the bank's inverted noise with the target prompt, V put in place (blended by
+    ``mask`` and ``injection_strength`` as on SD)."""
     if not isinstance(features, FluxBank):
         raise PnPInputError("This feature bank was recorded with an SD model; connect a PnP Feature Bank made from "
                             "this FLUX model's inversion.")
     if steps not in (0, features.steps):
         raise PnPInputError(f"steps must be 0 or the bank's {features.steps} steps, got {steps}.")
-    latent, injected = flux_sampling.sample(model, features, positive, guidance=None)
+    weight_map = None
+    if mask is not None:
+        weight_map = injection_weight_map(mask, tuple(features.inverted.shape), outside_mask_strength)
+    latent, injected = flux_sampling.sample(model, features, positive, guidance=None, weight_map=weight_map,
+                                            strength=injection_strength)
     log.info("PnP FLUX sampling: %s, %d steps, %d V tensors put in place (%d model calls)", features.solver,
              features.steps, len(injected), flow_solvers.model_calls(features.solver, features.steps))
     return latent

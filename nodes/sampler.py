@@ -177,7 +177,8 @@ class PnPSampler(io.ComfyNode):
         check_inputs(_sampler_inputs(), locals())  # locals(): the inputs, by name
         if flux.is_flux(model):
             flux.check_sampler_options(negative_prompt, mask, injection_strength, start)
-            return io.NodeOutput(flux.sample(model, positive, features, steps))
+            return io.NodeOutput(flux.sample(model, positive, features, steps, mask, injection_strength,
+                                             outside_mask_strength))
         check_steps(features.steps, steps, "feature bank")
         target = TargetInputs.of(locals()).target(features)
         samples = sampling.translate(model, target, features, final_step, start, start_seed)
@@ -210,6 +211,8 @@ class PnPGuider(io.ComfyNode):
 
     @classmethod
     def check_lazy_status(cls, features=None, **inputs) -> list[str]:
+        if features is None:
+            flux.refuse_in_guider(inputs["model"])
         return [] if features is not None else _check_before_the_bank(_guider_inputs(), inputs)
 
     @classmethod
@@ -217,6 +220,7 @@ class PnPGuider(io.ComfyNode):
                 threshold_convention, negative_prompt=None, negative_alpha=1.0, negative_schedule="linear",
                 mask=None, injection_strength=1.0, outside_mask_strength=0.0) -> io.NodeOutput:
         check_inputs(_guider_inputs(), locals())  # locals(): the inputs, by name
+        flux.refuse_in_guider(model)
         target = TargetInputs.of(locals()).target(features)
         guider = sampling.pnp_guider(model, target, features)
         sigmas = sampling.bank_sigmas(model, features, "comfyui")

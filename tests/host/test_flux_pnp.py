@@ -357,8 +357,57 @@ def test_the_pnp_nodes_run_flux_as_the_official_algorithm(host, flux, recipe):
     errors = host.pack_module("pnp_hooks.errors")
     with pytest.raises(errors.PnPInputError, match="FLUX has no ResBlock sites"):
         run_node("PnP_FeatureBank", model=model, inversion=inversion, conditioning=source, resblock_layers="4")
-    with pytest.raises(errors.PnPInputError, match="mask and injection_strength are not available on FLUX"):
-        run_node("PnP_Sampler", model=model, positive=guided, negative=source, features=bank, injection_strength=0.5)
+    with pytest.raises(errors.PnPInputError, match="PnP Guider runs SD models only; for FLUX use PnP Sampler"):
+        run_node("PnP_Guider", model=model, positive=guided, negative=source, features=bank)
+
+
+def test_flux_mask_and_injection_strength_blend_v_as_on_sd(host, flux):
+    """Mask and injection strength on FLUX (``flux_sampling.token_weights``): V becomes lerp(own, recorded, w) per
+    token. A mask of ones is no mask and a mask of zeros (outside 0) or strength 0 is no injection, bit for bit;
+    strength 0.5 lies strictly between injection on and off. Image tokens take the mask area-averaged over their
+    2x2 latent patch (row-major), text tokens the strength times the mask's largest weight. PnP Sampler passes
+    mask, outside_mask_strength and injection_strength to the FLUX path."""
+    dev = _dev_bank(host, flux)
+    if dev is None:
+        return
+    fs, model, bank, target = dev.flux_sampling, dev.model, dev.bank, dev.target
+    pixels = tuple(8 * n for n in LATENT_HW)
+    with torch.inference_mode():
+        on, keys_on = fs.sample(model, bank, target)
+        off, keys_off = fs.sample(model, bank, target, inject=False)
+        ones, _ = fs.sample(model, bank, target, weight_map=torch.ones(1, *pixels))
+        zeros, _ = fs.sample(model, bank, target, weight_map=torch.zeros(1, *LATENT_HW))
+        none, _ = fs.sample(model, bank, target, strength=0.0)
+        half, keys_half = fs.sample(model, bank, target, strength=0.5)
+    assert keys_on and not keys_off and keys_half == keys_on
+    assert torch.equal(ones["samples"], on["samples"])
+    assert torch.equal(zeros["samples"], off["samples"]) and torch.equal(none["samples"], off["samples"])
+    gap = (on["samples"] - off["samples"]).abs().max().item()
+    to_on = (half["samples"] - on["samples"]).abs().max().item()
+    to_off = (half["samples"] - off["samples"]).abs().max().item()
+    print(f"\ndev RF-Solver-Edit: on/off gap {gap:.3e}; strength 0.5 from on {to_on:.3e}, from off {to_off:.3e}")
+    assert 0 < to_on < gap and 0 < to_off < gap
+
+    # the token weights of a mask of the image's left half at latent size, strength 0.8 (8 text tokens)
+    left = torch.zeros(1, *LATENT_HW)
+    left[..., : LATENT_HW[1] // 2] = 1.0
+    weights = fs.token_weights(left, 0.8, LATENT_HW, 8)
+    grid = weights[8:].reshape(LATENT_HW[0] // 2, LATENT_HW[1] // 2)
+    assert weights.shape == (8 + grid.numel(),) and torch.equal(weights[:8], torch.full((8,), 0.8))
+    assert torch.equal(grid[:, :4], torch.full((8, 4), 0.8)) and torch.equal(grid[:, 4:], torch.zeros(8, 4))
+    assert fs.token_weights(None, 1.0, LATENT_HW, 8) is None
+
+    # the node: PnP Sampler with the mask at pixel size, outside 0.25, strength 0.7 = the FLUX path's blend
+    mask = torch.zeros(1, *pixels)
+    mask[..., : pixels[1] // 2] = 1.0
+    (guided,) = run_node("FluxGuidance", conditioning=target, guidance=GUIDANCE)
+    (by_node,) = run_node("PnP_Sampler", model=model, positive=guided, negative=target, features=bank, mask=mask,
+                          outside_mask_strength=0.25, injection_strength=0.7)
+    with torch.inference_mode():
+        direct, _ = fs.sample(model, bank, guided, guidance=None, weight_map=0.25 + 0.75 * mask, strength=0.7)
+        plain, _ = fs.sample(model, bank, guided, guidance=None)
+    assert torch.equal(by_node["samples"], direct["samples"])
+    assert not torch.equal(by_node["samples"], plain["samples"])
 
 
 def test_the_sd_bank_nodes_refuse_a_flux_bank_by_name(host, flux):
@@ -374,3 +423,4 @@ def test_the_sd_bank_nodes_refuse_a_flux_bank_by_name(host, flux):
         bank = flux_sampling.invert(model, torch.zeros(1, 16, 8, 8), source, 1, solver="euler", inject=1)
     for node, inputs in (("PnP_SaveFeatures", {}), ("PnP_FeaturePCA", {"model": model})):
         with pytest.raises(errors.PnPInputError, match="takes a bank recorded with an SD model; this one is a FLUX"):
+            run_node(node, features=bank, **inputs)

@@ -93,7 +93,7 @@ def refuse_flux_bank(features, node: str) -> None:
                             f"PnP Sampler.")
 
 
-def check_sampler_options(negative_prompt=None, mask=None, injection_strength=1.0, start=None, **_) -> None:
+def check_sampler_options(negative_prompt=None, mask=None, start=None, **_) -> None:
     """The PnP Sampler options the FLUX path does not run, refused by name, and the mask's form (before the bank)."""
     if negative_prompt is not None:
         raise PnPInputError("negative_prompt is for the DDIM path; disconnect it for FLUX.")

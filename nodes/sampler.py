@@ -176,7 +176,7 @@ class PnPSampler(io.ComfyNode):
                 start=sampling.INVERTED, start_seed=0) -> io.NodeOutput:
         check_inputs(_sampler_inputs(), locals())  # locals(): the inputs, by name
         if flux.is_flux(model):
-            flux.check_sampler_options(negative_prompt, mask, injection_strength, start)
+            flux.check_sampler_options(negative_prompt=negative_prompt, mask=mask, start=start)
             return io.NodeOutput(flux.sample(model, positive, features, steps, mask, injection_strength,
                                              outside_mask_strength))
         check_steps(features.steps, steps, "feature bank")

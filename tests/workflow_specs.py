@@ -614,8 +614,9 @@ def _flux_core(target: str, save_prefix: str) -> tuple[list, list]:
         # a title of its own: the default one is the host's display name ("DualCLIPLoader" on ComfyUI 0.3.64,
         # "Load CLIP (Dual)" on 0.33), which graphToPrompt puts in the API prompt's _meta
         _node(2, "DualCLIPLoader", [20, 200], {"clip_name1": FLUX_CLIP_L, "clip_name2": FLUX_T5XXL, "type": "flux"},
-              title="FLUX text encoders (CLIP-L + T5-XXL)", size=[330, 130], models=[{"name": FLUX_CLIP_L, "url": FLUX_CLIP_L_URL, "directory": "text_encoders"},
-                                       {"name": FLUX_T5XXL, "url": FLUX_T5XXL_URL, "directory": "text_encoders"}]),
+              title="FLUX text encoders (CLIP-L + T5-XXL)", size=[330, 130],
+              models=[{"name": FLUX_CLIP_L, "url": FLUX_CLIP_L_URL, "directory": "text_encoders"},
+                      {"name": FLUX_T5XXL, "url": FLUX_T5XXL_URL, "directory": "text_encoders"}]),
         _node(3, "VAELoader", [20, 380], {"vae_name": FLUX_VAE}, size=[330, 60],
               models=[{"name": FLUX_VAE, "url": FLUX_VAE_URL, "directory": "vae"}]),
         _node(4, "LoadImage", [20, 490], {"image": GUIDANCE_IMAGE}, title="Guidance image", size=[330, 380],

@@ -226,3 +226,17 @@ def test_flux_workflow_loads_flux_as_users_do_with_the_official_defaults(name):
     assert (mask is not None) == (name == "pnp_flux_mask")
     if mask is not None:
         assert api[mask[0]]["class_type"] == "LoadImageMask" and sampler["outside_mask_strength"] == 0.0
+
+
+def test_the_flux_widgets_are_optional_and_last_so_files_saved_before_them_open(host):
+    """PnP DDIM Inversion's ``solver`` and PnP Feature Bank's ``inject_steps`` came after workflows were saved:
+    each is its node's last input and optional, so a file saved without them (its widgets_values one short) opens
+    with the default in that widget and an API prompt without them is still complete."""
+    import nodes
+
+    for node_id, name, default in (("PnP_DDIMInversion", "solver", "rf-solver"),
+                                   ("PnP_FeatureBank", "inject_steps", -1)):
+        inputs = nodes.NODE_CLASS_MAPPINGS[node_id].GET_SCHEMA().inputs
+        assert (inputs[-1].id, inputs[-1].optional, inputs[-1].default) == (name, True, default), node_id
+        required = nodes.NODE_CLASS_MAPPINGS[node_id].INPUT_TYPES()["required"]
+        assert name not in required, node_id

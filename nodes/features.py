@@ -9,6 +9,7 @@ from ..pnp_hooks import patcher, sampling
 from ..pnp_hooks.bank import BANK_MODES, STORAGE_DTYPES
 from ..pnp_hooks.schedule import recorded_steps
 from ..pnp_hooks.sources import BATCH_MEMORY, ONE_FRAME
+from . import flux
 from .common import LAYER_TEXT_CHECKS, check_inputs, layer_inputs, queue_time_check, resolve_layers
 from .types import CATEGORY, PnPFeatures, PnPInversion, pnp_schema
 
@@ -36,6 +37,7 @@ def _bank_inputs() -> list:
             "PnP Sampler translates it and frees it after (one frame's tensors in memory; each sampler records "
             "again); 'all frames' records every frame now (frames x the bank's memory, reused by every sampler). "
             "One image: no difference.")),
+        io.Int.Input("inject_steps", default=-1, min=-1, max=1000, optional=True, tooltip=flux.INJECT_TOOLTIP),
     ]
 
 
@@ -84,14 +86,21 @@ class PnPFeatureBank(io.ComfyNode):
         if inversion is not None:
             return []
         check_inputs(_bank_inputs(), inputs, LAYER_TEXT_CHECKS)
+        if flux.is_flux(inputs["model"]):
+            flux.check_layers(inputs["model"], inputs["resblock_layers"], inputs["attention_layers"])
+            return ["inversion"]
         resolve_layers(patcher.model_facts(inputs["model"]), inputs["resblock_layers"], inputs["attention_layers"])
         return ["inversion"]
 
     @classmethod
     def execute(cls, model, inversion, conditioning, resblock_layers, attention_layers, feature_injection,
                 attention_injection, bank_dtype, batch_size, mode=BANK_MODES[0],
-                batch_memory=ONE_FRAME) -> io.NodeOutput:
+                batch_memory=ONE_FRAME, inject_steps=-1) -> io.NodeOutput:
         check_inputs(_bank_inputs(), locals(), LAYER_TEXT_CHECKS)  # locals(): the inputs, by name
+        if flux.is_flux(model):
+            bank, shown = flux.record(model, inversion, conditioning, resblock_layers, attention_layers, bank_dtype,
+                                      mode, inject_steps)
+            return io.NodeOutput(bank, ui=ui.PreviewText(shown))
         facts = patcher.model_facts(model)
         sites = resolve_layers(facts, resblock_layers, attention_layers)
         feature_steps, attention_steps = recorded_steps(inversion.steps, feature_injection, attention_injection)

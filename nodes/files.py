@@ -11,6 +11,7 @@ from comfy_api.v0_0_2 import io, ui
 from ..pnp_hooks import bank_file, patcher
 from ..pnp_hooks.bank import check_one_frame
 from ..pnp_hooks.errors import PnPInputError
+from . import flux
 from .common import queue_time_answer, queue_time_check
 from .types import BANK_FILES_CATEGORY, PnPFeatures, PnPInversion, pnp_schema
 
@@ -81,6 +82,7 @@ class PnPSaveFeatures(io.ComfyNode):
 
     @classmethod
     def execute(cls, features, filename_prefix, overwrite) -> io.NodeOutput:
+        flux.refuse_flux_bank(features, "PnP Save Feature Bank")
         check_one_frame(features, "PnP Save Feature Bank")
         register_bank_folder()
         folder = folder_paths.get_folder_paths(BANK_FOLDER)[0]

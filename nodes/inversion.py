@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from ..pnp_hooks import sampling
+from ..pnp_hooks import flow_solvers, sampling
+from . import flux
 from .types import CATEGORY, PnPInversion, pnp_schema
 
 
@@ -29,6 +30,8 @@ class PnPDDIMInversion(io.ComfyNode):
                 io.Int.Input("inversion_steps", default=0, min=0, max=1000, tooltip=(
                     "DDIM inversion steps; 0 = same as steps. More steps reconstruct better (the officials use "
                     "999); the count's timesteps must contain the sampling timesteps.")),
+                io.Combo.Input("solver", options=list(flow_solvers.SOLVERS), default=flow_solvers.RF_SOLVER,
+                               optional=True, tooltip=flux.SOLVER_TOOLTIP),
             ],
             outputs=[
                 PnPInversion.Output("inversion", display_name="inversion",
@@ -40,6 +43,9 @@ class PnPDDIMInversion(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, latent, conditioning, steps, inversion_steps) -> io.NodeOutput:
+    def execute(cls, model, latent, conditioning, steps, inversion_steps,
+                solver=flow_solvers.RF_SOLVER) -> io.NodeOutput:
+        if flux.is_flux(model):
+            return io.NodeOutput(*flux.invert(model, latent, conditioning, steps, inversion_steps, solver))
         trajectory = sampling.invert(model, latent["samples"], conditioning, steps, inversion_steps)
         return io.NodeOutput(trajectory, {"samples": trajectory.x_T()})

@@ -6,6 +6,7 @@ from comfy_api.v0_0_2 import io
 from ..pnp_hooks import metrics, scoring, sweep
 from ..pnp_hooks.schedule import THRESHOLD_CONVENTIONS
 from ..pnp_hooks.sampling import FINAL_STEPS
+from . import flux
 from .common import check_inputs, queue_time_check
 from .types import CATEGORY, IMAGE_CATEGORY, PnPFeatures, pnp_schema
 
@@ -184,6 +185,7 @@ class PnPThresholdSweep(io.ComfyNode):
         lists = (feature_injection_values, attention_injection_values, injection_strength_values)
         cells = metrics.sweep_cells(*(metrics.parse_values(text, label) for text, label in
                                       zip(lists, VALUE_LISTS.values())))
+        flux.refuse_flux_bank(features, "PnP Threshold Sweep")
         shared = sweep.CellSampling(positive, negative, cfg, threshold_convention, final_step)
         scorer = sweep.CellScoring(vae, guidance, structure_model, text_model,
                                    positive if text_prompt is None else text_prompt, CROPS[crop])

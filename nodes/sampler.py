@@ -15,6 +15,7 @@ from ..pnp_hooks import patcher, sampling
 from ..pnp_hooks.bank import check_steps
 from ..pnp_hooks.masks import check_mask_form, injection_weight_map
 from ..pnp_hooks.schedule import NEGATIVE_SCHEDULES, THRESHOLD_CONVENTIONS, InjectionPlan, negative_prompt_alphas
+from . import flux
 from .common import check_inputs
 from .types import CATEGORY, PnPFeatures, pnp_schema
 
@@ -101,6 +102,9 @@ def _check_before_the_bank(inputs: list, values: dict) -> list[str]:
     """What PnP Sampler and PnP Guider check before their (lazy) bank is made: the numbers (NaN passes ComfyUI's
     own min/max checks), the mask's form and the model. Returns the input to ask for next."""
     check_inputs(inputs, values)
+    if flux.is_flux(values["model"]):
+        flux.check_sampler_options(**values)
+        return ["features"]
     patcher.model_facts(values["model"])
     if values.get("mask") is not None:
         check_mask_form(values["mask"])
@@ -171,6 +175,10 @@ class PnPSampler(io.ComfyNode):
                 negative_schedule="linear", mask=None, injection_strength=1.0, outside_mask_strength=0.0,
                 start=sampling.INVERTED, start_seed=0) -> io.NodeOutput:
         check_inputs(_sampler_inputs(), locals())  # locals(): the inputs, by name
+        if flux.is_flux(model):
+            flux.check_sampler_options(negative_prompt=negative_prompt, mask=mask, start=start)
+            return io.NodeOutput(flux.sample(model, positive, features, steps, mask, injection_strength,
+                                             outside_mask_strength))
         check_steps(features.steps, steps, "feature bank")
         target = TargetInputs.of(locals()).target(features)
         samples = sampling.translate(model, target, features, final_step, start, start_seed)
@@ -203,6 +211,8 @@ class PnPGuider(io.ComfyNode):
 
     @classmethod
     def check_lazy_status(cls, features=None, **inputs) -> list[str]:
+        if features is None:
+            flux.refuse_in_guider(inputs["model"])
         return [] if features is not None else _check_before_the_bank(_guider_inputs(), inputs)
 
     @classmethod
@@ -210,6 +220,7 @@ class PnPGuider(io.ComfyNode):
                 threshold_convention, negative_prompt=None, negative_alpha=1.0, negative_schedule="linear",
                 mask=None, injection_strength=1.0, outside_mask_strength=0.0) -> io.NodeOutput:
         check_inputs(_guider_inputs(), locals())  # locals(): the inputs, by name
+        flux.refuse_in_guider(model)
         target = TargetInputs.of(locals()).target(features)
         guider = sampling.pnp_guider(model, target, features)
         sigmas = sampling.bank_sigmas(model, features, "comfyui")

@@ -8,6 +8,7 @@ from ..pnp_hooks.errors import PnPInputError
 from ..pnp_hooks.indices import excerpt
 from ..pnp_hooks.families import unet
 from ..pnp_hooks.layers import parse_site
+from . import flux
 from .common import queue_time_answer
 from .types import IMAGE_CATEGORY, PnPFeatures, pnp_schema
 
@@ -70,6 +71,7 @@ class PnPFeaturePCA(io.ComfyNode):
 
     @classmethod
     def execute(cls, features, view, layer, steps, fit, frame_width, upscale, columns, model=None) -> io.NodeOutput:
+        flux.refuse_flux_bank(features, "PnP Feature PCA")
         request = probe.PCARequest(view, layer, steps, fit, frame_width, upscale, columns)
         result = probe.feature_pca(features, request, model)
         return io.NodeOutput(result.grid, result.frames, result.caption)

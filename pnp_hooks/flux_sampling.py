@@ -8,7 +8,12 @@ MODEL, with a ``flow_solvers`` KSAMPLER function over the official schedule (``f
   noisiest intervals into a ``FluxBank`` (immutable), keyed by interval and first/second evaluation, both
   found from the sigma ComfyUI passes (``families.flux.evaluation_key``), never from a call counter.
 - ``sample``: from the inverted noise (t = 1 to 0) with the target conditioning at the user's guidance; the
-  ``attn1_patch`` returns ``{"v": recorded V}`` wherever the bank holds one under the evaluation's key.
+  ``attn1_patch`` returns ``{"v": recorded V}`` wherever the bank holds one under the evaluation's key. With a
+  mask or an injection strength below 1 it returns a blend instead, ``lerp(own V, recorded V, w)`` per token
+  (``token_weights``): image tokens (the packed 2x2 latent patches, row-major after the text tokens) take the
+  weight map (``masks.injection_weight_map``) area-averaged over their patch, times the strength; text tokens,
+  which have no place in the image, take the strength times the map's largest weight (the strength itself for
+  any mask that is 1 somewhere; 0 for a mask of zeros with outside strength 0, so such a mask injects nothing).
 - On the fly (``live_bank``, mode ``bank.ON_THE_FLY``): the bank holds no V; the guider carries the source
   conditioning as one more conditioning (``live_source.SOURCE_COND``) and, just before each denoising evaluation
   that injects, the solver runs the model once on the inversion's stored input under the same key (source prompt,
@@ -36,6 +41,7 @@ from . import families, flow_solvers, host_api, patcher
 from .errors import PnPInputError
 from .families import flux as flux_family
 from .flux_bank import FluxBank, FluxInversion, FluxLiveBank
+from .injection import mask_at_resolution
 from .live_source import SOURCE_COND, check_conditioning
 
 # The first ComfyUI whose FLUX blocks call attn1_patch (with block_type / block_index) that PnP was tested on.
@@ -121,9 +127,11 @@ class _VPatch:
     place of the target's (denoising). One per pass, on that pass's clone only."""
 
     def __init__(self, times: tuple[float, ...], blocks: tuple[int, ...], inverse: bool, inject: int,
-                 bank: FluxBank | None = None, storage_dtype: torch.dtype = torch.float32):
+                 bank: FluxBank | None = None, storage_dtype: torch.dtype = torch.float32,
+                 weights: torch.Tensor | None = None):
         self.times, self.blocks, self.inverse, self.inject = times, frozenset(blocks), inverse, inject
         self.bank, self.storage_dtype = bank, storage_dtype
+        self.weights = weights  # None: replace V; else (text + image tokens,) blend weights (``token_weights``)
         self.recorded: dict[tuple[int, bool, int], torch.Tensor] = {}
         self.injected: list[tuple[int, bool, int]] = []
 
@@ -152,7 +160,11 @@ class _VPatch:
                 f"tokens; the source had {self.bank.source_tokens}. Encode both prompts with the same text "
                 f"encoder settings.")
         self.injected.append(key)
-        return {"v": stored.to(v).expand_as(v)}
+        if self.weights is None:
+            return {"v": stored.to(v).expand_as(v)}
+        # lerp is exact at both ends: weight 1 gives the recorded V, weight 0 the target's own
+        weight = self.weights.to(device=v.device, dtype=v.dtype).view(1, 1, -1, 1)
+        return {"v": torch.lerp(v, stored.to(v).expand_as(v), weight)}
 
 
 def _clone(model, patch: _VPatch):
@@ -330,17 +342,44 @@ class _LiveSource:
         return recording.recorded
 
 
+def token_weights(weight_map: torch.Tensor | None, strength: float, latent_hw: tuple[int, int],
+                  text_tokens: int) -> torch.Tensor | None:
+    """The blend weight of each token of a single block's joint sequence (text first, then the image tokens, one per
+    2x2 latent patch in row-major order), float32 (text + image tokens,); None for plain replacement (no map and
+    strength 1). ``weight_map``: ``masks.injection_weight_map``'s (1, H, W) at pixel or latent size, area-averaged
+    to the token grid (``injection.mask_at_resolution``); text tokens take ``strength`` times the map's largest
+    weight (module docstring)."""
+    if weight_map is None and strength == 1.0:
+        return None
+    grid = flux_family.token_grid(latent_hw)
+    if weight_map is None:
+        image, text = torch.full((grid[0] * grid[1],), float(strength)), float(strength)
+    else:
+        if weight_map.shape[0] != 1:
+            raise PnPInputError(f"PnP on FLUX translates one image: connect one mask (got {weight_map.shape[0]}).")
+        image = mask_at_resolution(weight_map, grid).reshape(-1) * strength
+        text = float(weight_map.max()) * strength
+    return torch.cat([torch.full((text_tokens,), text), image.float()])
+
+
 def sample(model, bank: FluxBank | FluxLiveBank, conditioning, guidance: float | None = flux_family.DEFAULT_GUIDANCE,
-           inject: bool = True) -> tuple[dict, list[tuple[int, bool, int]]]:
+           inject: bool = True, weight_map: torch.Tensor | None = None,
+           strength: float = 1.0) -> tuple[dict, list[tuple[int, bool, int]]]:
     """Denoise the bank's inverted noise (t = 1 to 0) with the target ``conditioning`` at FLUX ``guidance`` (None:
     the conditioning's own, as set by FluxGuidance), putting the bank's V in place wherever it holds one (``inject``
-    False: plain denoising). An on-the-fly bank (``live_bank``) computes each injected V just before the evaluation
-    that reads it. Returns the LATENT and the keys injected, in order."""
+    False: plain denoising). ``weight_map`` (``masks.injection_weight_map``, (1, H, W), None: everywhere) and
+    ``strength`` in [0, 1] blend the recorded V with the target's own per token (``token_weights``); no map and
+    strength 1 is the official replacement, bit for bit. An on-the-fly bank (``live_bank``) computes each injected V
+    just before the evaluation that reads it. Returns the LATENT and the keys injected, in order."""
     check_model(model)
     bank.check_model(families.variant_of(model), _fingerprint(model))
+    if not 0.0 <= strength <= 1.0:
+        raise PnPInputError(f"injection_strength must be in [0, 1], got {strength}.")
+    weights = token_weights(weight_map, strength, tuple(bank.inverted.shape[-2:]),
+                            int(conditioning[0][0].shape[1]))
     live = _LiveSource(bank, inject) if isinstance(bank, FluxLiveBank) else None
     patch = _VPatch(bank.times, bank.blocks if inject else (), inverse=False, inject=bank.inject,
-                    bank=bank if live is None else live)
+                    bank=bank if live is None else live, weights=weights)
     target = _with_guidance(conditioning, guidance)
     times = torch.tensor(bank.times, dtype=torch.float32)
     function, source = flow_solvers.FUNCTIONS[bank.solver], None

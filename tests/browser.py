@@ -83,7 +83,8 @@ class ComfyServer:
     """ComfyUI's main.py in CPU mode on 127.0.0.1 with a base directory made for the test."""
 
     def __init__(self, base: Path, models: dict[str, dict[str, Path]], inputs: dict[str, Path],
-                 frontend: FrontendBuild | None = None, extra_args: tuple[str, ...] = ()):
+                 frontend: FrontendBuild | None = None, extra_args: tuple[str, ...] = (),
+                 stand_in_nodes: tuple[Path, ...] = ()):
         self.base = base
         self.front_end_root = ["--front-end-root", str(frontend.static)] if frontend and frontend.static else []
         self.extra_args = list(extra_args)
@@ -94,6 +95,9 @@ class ComfyServer:
         link = base / "custom_nodes" / "comfyui-pnp"
         if not link.exists():
             link.symlink_to(PACK_ROOT, target_is_directory=True)
+        for folder in stand_in_nodes:  # test-only custom node folders (flux_workflow_models.STAND_IN_NODES)
+            if not (base / "custom_nodes" / folder.name).exists():
+                (base / "custom_nodes" / folder.name).symlink_to(folder, target_is_directory=True)
         for kind, files in models.items():
             (base / "models" / kind).mkdir(parents=True, exist_ok=True)
             for name, source in files.items():
@@ -556,13 +560,10 @@ def changes_on_load(saved: dict, loaded: dict) -> list[str]:
     return lines
 
 
-def exercise_workflow(frontend: Frontend, ui_path: Path, api_path: Path, screenshot: Path | None,
-                      timeout: float = 300.0) -> dict:
-    """Open a UI workflow file as a user does, check it, queue it, wait for its images in the UI.
-
-    Returns figures and findings; raises AssertionError on the first problem.
-    """
-    started = time.monotonic()
+def open_and_check(frontend: Frontend, ui_path: Path, api_path: Path) -> dict:
+    """Open a UI workflow file as a user does and check it: no missing node type, no dialog, nothing changed by
+    opening it, graphToPrompt equal to its API twin. Returns the twin; raises AssertionError on the first
+    problem."""
     frontend.open_workflow_file(ui_path)
     unknown = frontend.unknown_node_types()
     assert not unknown, f"{ui_path.name}: missing node types {unknown}"
@@ -575,7 +576,17 @@ def exercise_workflow(frontend: Frontend, ui_path: Path, api_path: Path, screens
     differences = prompt_differences(declared_inputs_only(frontend.graph_to_prompt(), frontend.version), api)
     assert not differences, f"{ui_path.name}: frontend {frontend.version}'s graphToPrompt differs from " \
         f"{api_path.parent.name}/{api_path.name}:\n" + "\n".join(differences)
+    return api
 
+
+def exercise_workflow(frontend: Frontend, ui_path: Path, api_path: Path, screenshot: Path | None,
+                      timeout: float = 300.0) -> dict:
+    """Open a UI workflow file as a user does, check it, queue it, wait for its images in the UI.
+
+    Returns figures and findings; raises AssertionError on the first problem.
+    """
+    started = time.monotonic()
+    api = open_and_check(frontend, ui_path, api_path)
     original = frontend.widget_values()
     fast = fast_changes(api)
     frontend.set_widgets(fast)
@@ -637,13 +648,22 @@ EMPTIED_CACHE = ("--cache-classic",)
 
 def server_for_workflows(base: Path, checkpoints: dict[str, Path], controlnet: Path,
                          frontend: FrontendBuild | None = None,
-                         score_models: dict[str, dict[str, Path]] | None = None) -> ComfyServer:
+                         score_models: dict[str, dict[str, Path]] | None = None,
+                         flux_models: dict[str, dict[str, Path]] | None = None) -> ComfyServer:
     """A server whose model folders hold random models under the names the shipped workflows use, with
     previews on and a cache that the caller empties between workflows (``ComfyServer.free``).
 
     ``checkpoints``: the random checkpoint file for each layout of ``TEST_LAYOUTS``; ``frontend``: the one to
-    serve (default: the pinned one); ``score_models``: ``vision_models.workflow_model_files``.
+    serve (default: the pinned one); ``score_models``: ``vision_models.workflow_model_files``; ``flux_models``:
+    ``flux_workflow_models.model_files`` (hosts that run the FLUX workflows; the server then also loads the
+    test-only T5 stand-in, ``flux_workflow_models.STAND_IN_NODES``).
     """
-    return ComfyServer(base, {"checkpoints": {name: checkpoints[layout] for name, layout in TEST_LAYOUTS.items()},
-                              "controlnet": {workflow_specs.CONTROLNET: controlnet}, **(score_models or {})},
-                       small_inputs(base / "small-inputs"), frontend, PREVIEWS_ON + EMPTIED_CACHE)
+    import flux_workflow_models
+
+    models = {"checkpoints": {name: checkpoints[layout] for name, layout in TEST_LAYOUTS.items()},
+              "controlnet": {workflow_specs.CONTROLNET: controlnet}, **(score_models or {})}
+    for folder, files in (flux_models or {}).items():
+        models[folder] = {**models.get(folder, {}), **files}
+    stand_ins = (flux_workflow_models.STAND_IN_NODES,) if flux_models else ()
+    return ComfyServer(base, models, small_inputs(base / "small-inputs"), frontend, PREVIEWS_ON + EMPTIED_CACHE,
+                       stand_ins)

@@ -3,7 +3,11 @@ screenshots of workflows/screenshots/ and the help pages' pictures (web/docs/ima
 
 Run from the repository root with the oldest host's test environment:
 ``COMFYUI_PATH=<ComfyUI v0.3.64> .venvs/comfyui-0.3.64/bin/python tests/build_workflows.py [NAME ...]``
-(spec names such as ``pnp_sdxl`` rebuild only those workflows; none = all).
+(spec names such as ``pnp_sdxl`` rebuild only those workflows; none = every workflow saved by this host).
+Each workflow is saved by the ComfyUI it requires (``requires_comfyui`` of its spec) and that host's pinned
+frontend: the SD workflows by v0.3.64 (1.27.10), the FLUX workflows, which need v0.33.0, by v0.33.0 (1.49.6):
+``COMFYUI_PATH=<ComfyUI v0.33.0> .venvs/comfyui-0.33.0/bin/python tests/build_workflows.py``. A host runs the
+FLUX workflows on random stand-ins for their models (``flux_workflow_models``).
 It boots ComfyUI in-process only to build the random test models, then starts
 the real server (previews on, as most users run it) and frontend, builds each
 spec of ``workflow_specs`` in the page, lays it out (``workflow_specs.settle``),
@@ -30,12 +34,14 @@ sys.path.insert(0, str(TESTS))
 import browser  # noqa: E402
 import checkpoints  # noqa: E402
 import extra_models  # noqa: E402
+import flux_workflow_models  # noqa: E402
 import guidance_image  # noqa: E402
 import comfy_host  # noqa: E402
 import vision_models  # noqa: E402
 import template_cards  # noqa: E402
 import workflow_specs  # noqa: E402
 from conftest import CACHE_DIR  # noqa: E402
+from find_comfyui import comfyui_version, find_comfyui, version_tuple  # noqa: E402
 
 WORKFLOWS = guidance_image.WORKFLOWS
 SCREENSHOTS = WORKFLOWS / "screenshots"
@@ -71,6 +77,16 @@ def main(names: list[str]) -> None:
     if unknown:
         raise SystemExit(f"unknown workflow(s) {sorted(unknown)}; known: {[spec['name'] for spec in specs]}")
     stems = workflow_specs.file_stems(specs)
+    version = comfyui_version(find_comfyui())
+    if names:
+        too_old = [spec["name"] for spec in specs if spec["name"] in names
+                   and not workflow_specs.runs_on(spec, version_tuple(version))]
+        if too_old:
+            raise SystemExit(f"{too_old} need a newer ComfyUI than {version}")
+    else:
+        names = [spec["name"] for spec in specs if spec["requires_comfyui"] == version]
+        if not names:
+            raise SystemExit(f"no workflow is saved by ComfyUI {version}; name the ones to build")
     work = Path(tempfile.mkdtemp(prefix="pnp-build-"))
     host = comfy_host.boot(work / "host", CACHE_DIR / "checkpoints")
     ckpts = {layout: host.checkpoint_dir / checkpoints.ensure_checkpoint(layout, host.checkpoint_dir)
@@ -81,7 +97,11 @@ def main(names: list[str]) -> None:
     for folder in (WORKFLOWS / "api", SCREENSHOTS, HELP_IMAGES):
         folder.mkdir(parents=True, exist_ok=True)
     score_models = vision_models.workflow_model_files(CACHE_DIR / "clip_vision")
-    with browser.server_for_workflows(work / "server", ckpts, cn, score_models=score_models) as server, \
+    flux_specs = [spec for spec in specs if spec["name"] in names
+                  and spec["requires_comfyui"] == workflow_specs.FLUX_REQUIRES_COMFYUI]
+    flux_models = flux_workflow_models.model_files(CACHE_DIR / "flux") if flux_specs else None
+    with browser.server_for_workflows(work / "server", ckpts, cn, score_models=score_models,
+                                      flux_models=flux_models) as server, \
             browser.chromium() as chromium:
         frontend = browser.Frontend(chromium, server)
         for spec in specs:

@@ -84,11 +84,18 @@ _KNOBS = (
     "- `injection_strength` 1 = the paper; lower blends the target's own features back in.")
 
 
-def _spec(name: str, order: int, title: str, description: str, nodes: list, links: list) -> dict:
+def _spec(name: str, order: int, title: str, description: str, nodes: list, links: list,
+          requires_comfyui: str | None = None) -> dict:
     """A workflow spec: ``name`` is its stable id (tests, docs, ``workflows/run.py`` examples); ``order``,
-    ``title`` and ``description`` make its template file name and card."""
+    ``title`` and ``description`` make its template file name and card; ``requires_comfyui``: the oldest ComfyUI
+    that runs it, where that is newer than the pack's (the FLUX workflows: 0.33.0)."""
     return {"name": name, "order": order, "title": title, "description": description, "nodes": nodes,
-            "links": links}
+            "links": links, "requires_comfyui": requires_comfyui or MIN_COMFYUI}
+
+
+def runs_on(spec: dict, comfyui_version: tuple[int, ...]) -> bool:
+    """Whether a ComfyUI of this version runs the workflow (below its ``requires_comfyui`` the pack refuses it)."""
+    return comfyui_version >= tuple(int(part) for part in spec["requires_comfyui"].split("."))
 
 
 def _node(id, type, pos, widgets=None, title=None, size=None, color=None, models=None):
@@ -566,8 +573,116 @@ def sweep() -> dict:
                  "A grid of thresholds from one bank, scored for structure and text.", nodes, links)
 
 
+# FLUX.1: the models as their users load them (diffusion model, the dual text encoder, the VAE; Comfy-Org's
+# repackaged files), the official defaults (RF-Solver-Edit: rf-solver, 25 steps, V of single blocks 20-37 in the
+# first 3 steps, FLUX guidance 2 on the target prompt, 1 during the inversion).
+FLUX_REQUIRES_COMFYUI = "0.33.0"
+FLUX_UNET = "flux1-dev.safetensors"
+FLUX_UNET_URL = "https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors"
+FLUX_CLIP_L = "clip_l.safetensors"
+FLUX_CLIP_L_URL = "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors"
+FLUX_T5XXL = "t5xxl_fp16.safetensors"
+FLUX_T5XXL_URL = "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors"
+FLUX_VAE = "ae.safetensors"
+FLUX_VAE_URL = "https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/ae.safetensors"
+FLUX_STEPS = 25
+FLUX_SOLVER = "rf-solver"
+FLUX_GUIDANCE = 2.0
+
+_FLUX_HOW_TO = (
+    "### FLUX knobs (RF-Solver-Edit's defaults)\n"
+    "- **PnP DDIM Inversion** on FLUX inverts with `solver` rf-solver (2 model calls a step), fireflow (about 1; "
+    "its examples use 8 steps) or euler; `steps` 25; the source prompt at FLUX guidance 1.\n"
+    "- **PnP Feature Bank** records V of the single-stream blocks `attention_layers` (auto = 20-37) in the first "
+    "`inject_steps` steps (-1 = the solver's official count: 3, fireflow 1); its box shows the bank's size "
+    "(about 1 GB a step at 1024 px in fp16). `resblock_layers`, `feature_injection` and `attention_injection` "
+    "are SD's.\n"
+    "- **PnP Sampler** takes the target prompt's FLUX guidance from **FluxGuidance** (2); `cfg` and the "
+    "thresholds are SD's and not read; `injection_strength` and a `mask` blend as on SD.\n\n"
+    "**Models** (ComfyUI 0.33 or newer): `flux1-dev.safetensors` in `models/diffusion_models`, `clip_l` and "
+    "`t5xxl_fp16` in `models/text_encoders`, `ae.safetensors` in `models/vae`. **Guidance image**: "
+    "`pnp_guidance.png` from this pack's `workflows/` in `ComfyUI/input/` (512 px here; FLUX works up to about "
+    "1 megapixel, sides multiples of 16 px).")
+
+
+def _flux_core(target: str, save_prefix: str) -> tuple[list, list]:
+    """FLUX.1 dev's loaders, prompts (FluxGuidance on the target), guidance image, inversion, bank, one sampler,
+    decode, save (ids 1-13)."""
+    nodes = [
+        _node(1, "UNETLoader", [20, 60], {"unet_name": FLUX_UNET, "weight_dtype": "default"}, size=[330, 90],
+              models=[{"name": FLUX_UNET, "url": FLUX_UNET_URL, "directory": "diffusion_models"}]),
+        # a title of its own: the default one is the host's display name ("DualCLIPLoader" on ComfyUI 0.3.64,
+        # "Load CLIP (Dual)" on 0.33), which graphToPrompt puts in the API prompt's _meta
+        _node(2, "DualCLIPLoader", [20, 200], {"clip_name1": FLUX_CLIP_L, "clip_name2": FLUX_T5XXL, "type": "flux"},
+              title="FLUX text encoders (CLIP-L + T5-XXL)", size=[330, 130],
+              models=[{"name": FLUX_CLIP_L, "url": FLUX_CLIP_L_URL, "directory": "text_encoders"},
+                      {"name": FLUX_T5XXL, "url": FLUX_T5XXL_URL, "directory": "text_encoders"}]),
+        _node(3, "VAELoader", [20, 380], {"vae_name": FLUX_VAE}, size=[330, 60],
+              models=[{"name": FLUX_VAE, "url": FLUX_VAE_URL, "directory": "vae"}]),
+        _node(4, "LoadImage", [20, 490], {"image": GUIDANCE_IMAGE}, title="Guidance image", size=[330, 380],
+              color=COLOR_INPUT),
+        _text(5, (400, 40), "Source prompt (empty)", "", size=(380, 110)),
+        _text(6, (400, 210), "Target prompt", target, color=COLOR_INPUT),
+        _node(7, "FluxGuidance", [400, 420], {"guidance": FLUX_GUIDANCE}, title="FLUX guidance of the target",
+              size=[380, 60]),
+        _node(8, "VAEEncode", [400, 530], size=[220, 50]),
+        _node(9, "PnP_DDIMInversion", [830, 40], {"steps": FLUX_STEPS, "inversion_steps": 0, "solver": FLUX_SOLVER},
+              color=COLOR_PNP, size=[320, 180]),
+        _node(10, "PnP_FeatureBank", [830, 480], {"inject_steps": -1}, color=COLOR_PNP, size=[320, 280]),
+        _sampler(11, (1200, 40)),
+        _node(12, "VAEDecode", [1570, 40], size=[220, 50]),
+        _node(13, "SaveImage", [1570, 150], {"filename_prefix": save_prefix}, size=[400, 460]),
+    ]
+    links = [
+        (2, 0, 5, "clip"), (2, 0, 6, "clip"), (6, 0, 7, "conditioning"),
+        (4, 0, 8, "pixels"), (3, 0, 8, "vae"),
+        (1, 0, 9, "model"), (8, 0, 9, "latent"), (5, 0, 9, "conditioning"),
+        (1, 0, 10, "model"), (9, 0, 10, "inversion"), (5, 0, 10, "conditioning"),
+        (1, 0, 11, "model"), (7, 0, 11, "positive"), (5, 0, 11, "negative"), (10, 0, 11, "features"),
+        (11, 0, 12, "samples"), (3, 0, 12, "vae"), (12, 0, 13, "images"),
+    ]
+    return nodes, links
+
+
+def flux_real_image() -> dict:
+    nodes, links = _flux_core("a photo of a gingerbread house on a snowy hill, winter", "pnp/flux_real_image")
+    nodes.append(_note(20, [1200, 760], [760, 560],
+                       "## PnP on FLUX.1: translate a real image\n"
+                       "The same nodes as on SD, given a FLUX MODEL: the guidance image is inverted with a "
+                       "rectified-flow solver and the empty source prompt; the bank records V of FLUX's "
+                       "single-stream blocks during the first steps; PnP Sampler denoises the inverted noise with "
+                       "the **target prompt**, putting that V in place (RF-Solver-Edit; FireFlow with `solver` "
+                       "fireflow and 8 steps).\n\n" + _FLUX_HOW_TO))
+    return _spec("pnp_flux_real_image", 13, "FLUX real image to target prompt",
+                 "A photo keeps its layout on FLUX.1 dev (RF-Solver-Edit).", nodes, links,
+                 FLUX_REQUIRES_COMFYUI)
+
+
+def flux_mask() -> dict:
+    nodes, links = _flux_core("a gingerbread house in a snowy forest at night, moonlight", "pnp/flux_mask")
+    nodes[10]["widgets"].update({"injection_strength": 1.0, "outside_mask_strength": 0.0})
+    nodes.append(_node(14, "LoadImageMask", [20, 920], {"image": GUIDANCE_MASK, "channel": "red"},
+                       title="Subject mask", size=[330, 380], color=COLOR_INPUT))
+    links.append((14, 0, 11, "mask"))
+    nodes.append(_note(20, [1200, 760], [760, 640],
+                       "## PnP on FLUX.1 restricted to a mask\n"
+                       "Inside the mask (white) the guidance image's V is put in place, outside it is not: the "
+                       "subject keeps its structure while the background follows the prompt.\n\n"
+                       "On FLUX each image token is a 2x2 patch of the latent (16x16 px): it takes the mask's "
+                       "mean over its patch. The text tokens take `injection_strength` times the mask's largest "
+                       "value (so a mask of zeros injects nothing).\n\n"
+                       "- `outside_mask_strength` 0: weight of the injection outside the mask.\n"
+                       "- `injection_strength` 1: blend of the target's and the guidance image's V (1 = "
+                       "RF-Solver-Edit's replacement).\n\n"
+                       "**Mask**: `pnp_guidance_mask.png` (the house), at the guidance image's size (scale both "
+                       "alike).\n\n" + _FLUX_HOW_TO))
+    return _spec("pnp_flux_mask", 14, "FLUX with a subject mask",
+                 "On FLUX.1 dev the subject keeps its structure, not the background.", nodes, links,
+                 FLUX_REQUIRES_COMFYUI)
+
+
 WORKFLOWS = [real_image, generated_guidance, several_prompts, controlnet, mask, feature_pca, sdxl, sweep,
-             sam_background, batch_frames, custom_sampler, random_start]
+             sam_background, batch_frames, custom_sampler, random_start, flux_real_image, flux_mask]
 
 
 def file_stems(specs: list[dict]) -> dict[str, str]:
@@ -645,13 +760,14 @@ CREATE_JS = """
 async (spec) => {
   app.clean();  // the graph, and the previous graph's outputs and previews (they are kept by node id)
   const graph = app.graph;
+  if (graph.nodes.length) graph.clear();  // 1.49.6: app.clean() leaves the default graph's nodes
   const byId = {};
   for (const n of spec.nodes) {
     const node = LiteGraph.createNode(n.type);
     if (!node) throw new Error(`unknown node type ${n.type}`);
     node.id = n.id;
     graph.add(node);
-    if (node.id !== n.id) throw new Error(`node id ${n.id} not kept`);
+    if (String(node.id) !== String(n.id)) throw new Error(`node id ${n.id} not kept`);  // 1.49.6: a string
     if (n.title) node.title = n.title;
     if (n.color) node.color = n.color;
     for (const [name, value] of Object.entries(n.widgets)) {

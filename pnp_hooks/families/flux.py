@@ -142,10 +142,17 @@ def blocks_of(spec: str, layout: FluxLayout, what: str = "blocks") -> tuple[int,
 
 # ---------------------------------------------------------------- schedule
 
-def image_tokens(latent_hw: tuple[int, int]) -> int:
-    """Tokens of a (H, W) latent: 2x2 patches, padded up as ComfyUI's Flux pads."""
+def token_grid(latent_hw: tuple[int, int]) -> tuple[int, int]:
+    """(rows, columns) of the image tokens of a (H, W) latent: 2x2 patches, padded up as ComfyUI's Flux pads; the
+    tokens follow the text tokens in row-major order."""
     h, w = latent_hw
-    return math.ceil(h / _PATCH) * math.ceil(w / _PATCH)
+    return math.ceil(h / _PATCH), math.ceil(w / _PATCH)
+
+
+def image_tokens(latent_hw: tuple[int, int]) -> int:
+    """Tokens of a (H, W) latent (``token_grid``)."""
+    rows, columns = token_grid(latent_hw)
+    return rows * columns
 
 
 def time_shift_mu(tokens: int) -> float:

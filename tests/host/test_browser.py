@@ -40,11 +40,12 @@ import pytest
 
 import browser
 import extra_models
+import flux_workflow_models
 import vision_models
 import workflow_specs
 from conftest import CACHE_DIR
 from comfy_host import PACK_NODE_IDS
-from find_comfyui import PACK_ROOT, find_comfyui
+from find_comfyui import PACK_ROOT, comfyui_version, find_comfyui, version_tuple
 
 WORKFLOWS = PACK_ROOT / "workflows"
 SPECS = [make() for make in workflow_specs.WORKFLOWS]
@@ -57,6 +58,19 @@ try:
     FRONTENDS = browser.frontends_for(find_comfyui())
 except FileNotFoundError:  # no ComfyUI: the host fixture fails every test and says where it looked
     FRONTENDS = [browser.FrontendBuild("no-ComfyUI")]
+# The FLUX workflows (spec requires_comfyui 0.33.0): run where the host is new enough; on older hosts opened only
+# (test_workflow_below_its_comfyui_opens_and_is_not_queued).
+FLUX_SPECS = [spec for spec in SPECS if spec["requires_comfyui"] != workflow_specs.MIN_COMFYUI]
+
+
+def _runs_here(spec: dict) -> bool:
+    try:
+        return workflow_specs.runs_on(spec, version_tuple(comfyui_version(find_comfyui())))
+    except FileNotFoundError:  # no ComfyUI: the host fixture fails the tests and says where it looked
+        return True
+
+
+RUN_NAMES = [spec["name"] for spec in SPECS if _runs_here(spec)]
 
 
 @pytest.fixture(autouse=True)
@@ -82,8 +96,10 @@ def server(host, models, frontend_build, tmp_path_factory):
         host.models_dir / "controlnet", extra_models.controlnet_name(), extra_models.build_controlnet)
     started = time.monotonic()
     score_models = vision_models.workflow_model_files(CACHE_DIR / "clip_vision")
+    # on every host (below 0.33 too, where they are opened only: no Missing Models dialog for their files)
+    flux_models = flux_workflow_models.model_files(CACHE_DIR / "flux") if FLUX_SPECS else None
     with browser.server_for_workflows(tmp_path_factory.mktemp("server"), ckpts, controlnet, frontend_build,
-                                      score_models) as srv:
+                                      score_models, flux_models) as srv:
         print(f"\nComfyUI server ready in {time.monotonic() - started:.1f} s")
         yield srv
 
@@ -215,10 +231,16 @@ def test_template_browser_shows_the_pack_workflows_in_numbered_order(frontend, f
     page.evaluate("() => app.graph.clear()")
     page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
     page.get_by_text(category, exact=True).first.click(timeout=30_000)
+    # 1.27.10 draws the first 12 cards and the others as the grid is scrolled (below): the titles are gathered
+    # in the order they appear; 1.49.6 and 1.58.1 draw them all at once
     deadline = time.monotonic() + 30
-    while len(titles_shown()) < len(stems) and time.monotonic() < deadline:
+    while len(titles_shown()) < min(len(stems), 12) and time.monotonic() < deadline:
         page.wait_for_timeout(300)
     titles = titles_shown()
+
+    def gather_titles() -> None:
+        titles.extend(title for title in titles_shown() if title not in titles)
+
     screenshots = SCREENSHOTS / frontend_build.version
     screenshots.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(screenshots / "templates.jpg"), type="jpeg", quality=80)
@@ -239,7 +261,9 @@ def test_template_browser_shows_the_pack_workflows_in_numbered_order(frontend, f
     while drawn != stems and time.monotonic() < deadline:
         page.wait_for_timeout(300)
         drawn |= {title for title, ok in page.evaluate(thumbnails_js, sorted(stems)).items() if ok}
+        gather_titles()
         page.mouse.wheel(0, 150)
+    gather_titles()
     page.keyboard.press("Escape")
     deadline = time.monotonic() + 20
     while frontend.dialogs() and time.monotonic() < deadline:
@@ -277,7 +301,7 @@ def test_templates_open_at_a_zoom_that_draws_node_text(frontend, frontend_build,
     assert not hidden, f"the graph's top left corner is out of view: {hidden}"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", RUN_NAMES)
 def test_workflow_opens_queues_and_shows_its_images(host, frontend, frontend_build, name):
     screenshots = SCREENSHOTS / frontend_build.version
     screenshots.mkdir(parents=True, exist_ok=True)
@@ -324,6 +348,28 @@ def test_workflow_opens_queues_and_shows_its_images(host, frontend, frontend_bui
     assert (screenshots / f"{name}.jpg").stat().st_size > 10_000
     page_errors = [e for e in frontend.console_errors if e.startswith("pageerror") and "PnP" in e]
     assert not page_errors, page_errors
+
+
+def test_flux_workflows_run_from_their_comfyui_on_and_open_below_it(host, server, frontend):
+    """The FLUX workflows need ComfyUI 0.33.0 (its FLUX blocks call attn1_patch). From there on they are queued and
+    run above (RUN_NAMES), with random models under the names they load (``flux_workflow_models``). Below it they
+    open in the frontend unchanged, with graphToPrompt equal to the twin, and are not queued: the pack refuses
+    FLUX there with one line naming the version (as test_flux_pnp asserts for the nodes)."""
+    assert FLUX_SPECS and all(spec["requires_comfyui"] == "0.33.0" for spec in FLUX_SPECS)
+    assert workflow_specs.FLUX_UNET in server.get("/models/diffusion_models")
+    assert {workflow_specs.FLUX_CLIP_L, workflow_specs.FLUX_T5XXL} <= set(server.get("/models/text_encoders"))
+    if _runs_here(FLUX_SPECS[0]):
+        assert all(spec["name"] in RUN_NAMES for spec in FLUX_SPECS)
+        return
+    assert not any(spec["name"] in RUN_NAMES for spec in FLUX_SPECS)
+    for spec in FLUX_SPECS:
+        browser.open_and_check(frontend, WORKFLOWS / f"{STEMS[spec['name']]}.json",
+                               WORKFLOWS / "api" / f"{STEMS[spec['name']]}.json")
+    errors = host.pack_module("pnp_hooks.errors")
+    with pytest.raises(errors.PnPInputError) as refused:
+        host.pack_module("pnp_hooks.flux_sampling").check_host()
+    assert "\n" not in str(refused.value)
+    assert str(refused.value).startswith("PnP on FLUX needs ComfyUI 0.33.0 or newer")
 
 
 def test_page_checks_see_a_missing_node_type_and_a_toast(frontend, tmp_path):

@@ -209,3 +209,26 @@ def test_on_the_fly_refuses_a_source_it_cannot_run_as_one_plain_prompt(host, dev
         plain = flux_sampling.invert(dev_model, _latent(dev_model), source, 1, solver="euler")
     with pytest.raises(errors.PnPInputError, match="exactly one source prompt.*set mode to 'stored'"):
         flux_sampling.live_bank(dev_model, plain.inversion, source + _conditioning(TARGET), inject=1)
+
+
+def test_the_feature_bank_node_in_on_the_fly_mode_gives_the_stored_translation(host, dev_model):
+    """PnP Feature Bank with mode "on the fly" on FLUX: a bank with no V whose PnP Sampler translation (with a mask
+    and an injection strength below 1) equals the stored mode's bit for bit."""
+    flux_sampling = _flux_sampling_or_refused(host, dev_model)
+    if flux_sampling is None:
+        return
+    bank_module = host.pack_module("pnp_hooks.bank")
+    source, target = _conditioning(SOURCE), _conditioning(TARGET)
+    (inversion, _) = run_node("PnP_DDIMInversion", model=dev_model, latent={"samples": _latent(dev_model)},
+                              conditioning=source, steps=3, solver="rf-solver")
+    banks, outs = {}, {}
+    mask = torch.zeros(1, *(side * 8 for side in LATENT_HW))
+    mask[:, : mask.shape[1] // 2] = 1.0
+    for mode in bank_module.BANK_MODES:
+        (banks[mode],) = run_node("PnP_FeatureBank", model=dev_model, inversion=inversion, conditioning=source,
+                                  attention_layers="30-37", inject_steps=2, bank_dtype="fp32", mode=mode)
+        (outs[mode],) = run_node("PnP_Sampler", model=dev_model, positive=target, negative=source,
+                                 features=banks[mode], mask=mask, injection_strength=0.7)
+    live, stored = banks[bank_module.ON_THE_FLY], banks[bank_module.STORED]
+    assert live.mode == bank_module.ON_THE_FLY and live.nbytes == 0 and stored.nbytes == live.stored_nbytes > 0
+    assert torch.equal(outs[bank_module.ON_THE_FLY]["samples"], outs[bank_module.STORED]["samples"])

@@ -302,9 +302,9 @@ def test_a_bank_recorded_from_the_stored_inversion_is_the_one_the_inversion_reco
     assert calls.count == len(evaluations) == {"rf-solver": 2 * inject, "fireflow": inject}[solver]
 
 
-def test_the_pnp_nodes_refuse_a_flux_model_with_what_to_load(host, flux):
-    """The nodes run the DDIM path only (the FLUX path is reached through ``pnp_hooks.flux_sampling``): PnP DDIM
-    Inversion and PnP Generate Guidance given a FLUX MODEL stop at once, naming what they run."""
+def test_the_ddim_only_nodes_refuse_a_flux_model_with_what_to_load(host, flux):
+    """PnP Generate Guidance (DDIM generation, the UNet path only) given a FLUX MODEL stops at once, naming what it
+    runs."""
     model, _ = flux("flux_dev_tiny")
     errors = host.pack_module("pnp_hooks.errors")
     source, _ = _conditioning(SOURCE)
@@ -312,9 +312,6 @@ def test_the_pnp_nodes_refuse_a_flux_model_with_what_to_load(host, flux):
                                                    "dev, which they cannot run"):
         run_node("PnP_GenerateGuidance", model=model, positive=source, negative=source,
                  latent={"samples": torch.zeros(1, 16, 8, 8)}, steps=3)
-    with pytest.raises(errors.PnPInputError, match="DDIM nodes run SD 1.x, SD 2.x and SDXL; this MODEL is FLUX.1"):
-        run_node("PnP_DDIMInversion", model=model, latent={"samples": torch.zeros(1, 16, 8, 8)},
-                 conditioning=source, steps=3)
 
 
 def test_guidance_none_keeps_the_target_conditionings_own_flux_guidance(host, flux):
@@ -327,3 +324,103 @@ def test_guidance_none_keeps_the_target_conditionings_own_flux_guidance(host, fl
         out, _ = dev.flux_sampling.sample(dev.model, dev.bank, guided, guidance=None)
     theirs = _reference(dev.reference, dev.latent, "rf-solver-edit", 2, guidance=3.0)
     assert (dev.fmt.process_in(out["samples"].clone()) - theirs.latent).abs().max().item() <= PARITY_TOL
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_the_pnp_nodes_run_flux_as_the_official_algorithm(host, flux, recipe):
+    """The node IDs users know, given a FLUX MODEL: PnP DDIM Inversion (solver), PnP Feature Bank
+    (attention_layers = single blocks, inject_steps, fp32) and PnP Sampler (FLUX guidance from FluxGuidance on the
+    target prompt) give the official edit to 1e-4; the inversion's noise output is its end point."""
+    model, reference = flux("flux_schnell_tiny")
+    latent = _latent()
+    if not _has_flux_patches(host):
+        _refused(host, model, latent)
+        return
+    solver, steps, inject, blocks, _, _ = RECIPES[recipe]
+    fmt = model.get_model_object("latent_format")
+    source, _ = _conditioning(SOURCE)
+    target, _ = _conditioning(TARGET)
+    (guided,) = run_node("FluxGuidance", conditioning=target, guidance=GUIDANCE)
+    inversion, noise = run_node("PnP_DDIMInversion", model=model, latent={"samples": fmt.process_out(latent.clone())},
+                                conditioning=source, steps=steps, solver=solver)
+    (bank,) = run_node("PnP_FeatureBank", model=model, inversion=inversion, conditioning=source,
+                       attention_layers=blocks, inject_steps=inject, bank_dtype="fp32")
+    (out,) = run_node("PnP_Sampler", model=model, positive=guided, negative=source, features=bank)
+    theirs = _reference(reference, latent, recipe, inject)
+    err = (ref.pack(fmt.process_in(out["samples"].clone())) - ref.pack(theirs.latent)).abs().max().item()
+    print(f"\nnodes, schnell {recipe}: max |ours - reference| {err:.2e}; bank {bank.nbytes} B")
+    assert err <= PARITY_TOL
+    noise_err = (fmt.process_in(noise["samples"].clone()) - ref.unpack(theirs.inverted, *LATENT_HW)).abs().max()
+    assert noise_err <= PARITY_TOL
+    assert bank.nbytes == theirs.store_bytes > 0
+
+    errors = host.pack_module("pnp_hooks.errors")
+    with pytest.raises(errors.PnPInputError, match="FLUX has no ResBlock sites"):
+        run_node("PnP_FeatureBank", model=model, inversion=inversion, conditioning=source, resblock_layers="4")
+    with pytest.raises(errors.PnPInputError, match="PnP Guider runs SD models only; for FLUX use PnP Sampler"):
+        run_node("PnP_Guider", model=model, positive=guided, negative=source, features=bank)
+
+
+def test_flux_mask_and_injection_strength_blend_v_as_on_sd(host, flux):
+    """Mask and injection strength on FLUX (``flux_sampling.token_weights``): V becomes lerp(own, recorded, w) per
+    token. A mask of ones is no mask and a mask of zeros (outside 0) or strength 0 is no injection, bit for bit;
+    strength 0.5 lies strictly between injection on and off. Image tokens take the mask area-averaged over their
+    2x2 latent patch (row-major), text tokens the strength times the mask's largest weight. PnP Sampler passes
+    mask, outside_mask_strength and injection_strength to the FLUX path."""
+    dev = _dev_bank(host, flux)
+    if dev is None:
+        return
+    fs, model, bank, target = dev.flux_sampling, dev.model, dev.bank, dev.target
+    pixels = tuple(8 * n for n in LATENT_HW)
+    with torch.inference_mode():
+        on, keys_on = fs.sample(model, bank, target)
+        off, keys_off = fs.sample(model, bank, target, inject=False)
+        ones, _ = fs.sample(model, bank, target, weight_map=torch.ones(1, *pixels))
+        zeros, _ = fs.sample(model, bank, target, weight_map=torch.zeros(1, *LATENT_HW))
+        none, _ = fs.sample(model, bank, target, strength=0.0)
+        half, keys_half = fs.sample(model, bank, target, strength=0.5)
+    assert keys_on and not keys_off and keys_half == keys_on
+    assert torch.equal(ones["samples"], on["samples"])
+    assert torch.equal(zeros["samples"], off["samples"]) and torch.equal(none["samples"], off["samples"])
+    gap = (on["samples"] - off["samples"]).abs().max().item()
+    to_on = (half["samples"] - on["samples"]).abs().max().item()
+    to_off = (half["samples"] - off["samples"]).abs().max().item()
+    print(f"\ndev RF-Solver-Edit: on/off gap {gap:.3e}; strength 0.5 from on {to_on:.3e}, from off {to_off:.3e}")
+    assert 0 < to_on < gap and 0 < to_off < gap
+
+    # the token weights of a mask of the image's left half at latent size, strength 0.8 (8 text tokens)
+    left = torch.zeros(1, *LATENT_HW)
+    left[..., : LATENT_HW[1] // 2] = 1.0
+    weights = fs.token_weights(left, 0.8, LATENT_HW, 8)
+    grid = weights[8:].reshape(LATENT_HW[0] // 2, LATENT_HW[1] // 2)
+    assert weights.shape == (8 + grid.numel(),) and torch.equal(weights[:8], torch.full((8,), 0.8))
+    assert torch.equal(grid[:, :4], torch.full((8, 4), 0.8)) and torch.equal(grid[:, 4:], torch.zeros(8, 4))
+    assert fs.token_weights(None, 1.0, LATENT_HW, 8) is None
+
+    # the node: PnP Sampler with the mask at pixel size, outside 0.25, strength 0.7 = the FLUX path's blend
+    mask = torch.zeros(1, *pixels)
+    mask[..., : pixels[1] // 2] = 1.0
+    (guided,) = run_node("FluxGuidance", conditioning=target, guidance=GUIDANCE)
+    (by_node,) = run_node("PnP_Sampler", model=model, positive=guided, negative=target, features=bank, mask=mask,
+                          outside_mask_strength=0.25, injection_strength=0.7)
+    with torch.inference_mode():
+        direct, _ = fs.sample(model, bank, guided, guidance=None, weight_map=0.25 + 0.75 * mask, strength=0.7)
+        plain, _ = fs.sample(model, bank, guided, guidance=None)
+    assert torch.equal(by_node["samples"], direct["samples"])
+    assert not torch.equal(by_node["samples"], plain["samples"])
+
+
+def test_the_sd_bank_nodes_refuse_a_flux_bank_by_name(host, flux):
+    """PnP Save Feature Bank and PnP Feature PCA read SD banks: a FLUX bank is refused, naming where it goes."""
+    model, _ = flux("flux_schnell_tiny")
+    if not _has_flux_patches(host):
+        _refused(host, model, _latent())
+        return
+    flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
+    errors = host.pack_module("pnp_hooks.errors")
+    source, _ = _conditioning(SOURCE)
+    with torch.inference_mode():
+        bank = flux_sampling.invert(model, torch.zeros(1, 16, 8, 8), source, 1, solver="euler", inject=1)
+    for node, inputs in (("PnP_SaveFeatures", {}), ("PnP_FeaturePCA", {"model": model})):
+        with pytest.raises(errors.PnPInputError, match="takes a bank recorded with an SD model; this one is a FLUX"):
+            run_node(node, features=bank, **inputs)

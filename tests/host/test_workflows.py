@@ -21,6 +21,8 @@ WORKFLOWS = PACK_ROOT / "workflows"
 SPECS = [make() for make in workflow_specs.WORKFLOWS]
 NAMES = [spec["name"] for spec in SPECS]
 STEMS = workflow_specs.file_stems(SPECS)
+FLUX_NAMES = [spec["name"] for spec in SPECS if spec["requires_comfyui"] == workflow_specs.FLUX_REQUIRES_COMFYUI]
+SD_NAMES = [name for name in NAMES if name not in FLUX_NAMES]
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 
 
@@ -140,7 +142,7 @@ def test_workflow_uses_core_nodes_and_ours_only_with_notes(host, name):
     assert notes and all(len(n["widgets_values"][0]) > 200 for n in notes), name
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SD_NAMES)
 def test_workflow_carries_the_paper_defaults(name):
     api = _api(name)
     by_type: dict[str, list[dict]] = {}
@@ -192,3 +194,49 @@ def test_sdxl_workflow_scales_the_guidance_image_to_sdxl_size():
     assert scale["class_type"] == "ImageScale"
     assert (scale["inputs"]["width"], scale["inputs"]["height"]) == (workflow_specs.SDXL_SIZE,) * 2
     assert api[scale["inputs"]["image"][0]]["class_type"] == "LoadImage"
+
+
+@pytest.mark.parametrize("name", FLUX_NAMES)
+def test_flux_workflow_loads_flux_as_users_do_with_the_official_defaults(name):
+    """FLUX.1 dev from its own files (UNETLoader, DualCLIPLoader type flux, VAELoader, the names of the official
+    and Comfy-Org releases) and RF-Solver-Edit's defaults: rf-solver, 25 steps, single blocks auto (20-37), the
+    solver's own inject count (-1: 3), FLUX guidance 2 on the target prompt; PnP Sampler injects at full strength
+    and takes its steps from the bank. Needs ComfyUI 0.33.0."""
+    spec = next(spec for spec in SPECS if spec["name"] == name)
+    assert spec["requires_comfyui"] == "0.33.0"
+    api = _api(name)
+    by_type: dict[str, list[dict]] = {}
+    for node in api.values():
+        by_type.setdefault(node["class_type"], []).append(node["inputs"])
+    assert "CheckpointLoaderSimple" not in by_type
+    assert [n["unet_name"] for n in by_type["UNETLoader"]] == ["flux1-dev.safetensors"]
+    assert [(n["clip_name1"], n["clip_name2"], n["type"]) for n in by_type["DualCLIPLoader"]] == \
+        [("clip_l.safetensors", "t5xxl_fp16.safetensors", "flux")]
+    assert [n["vae_name"] for n in by_type["VAELoader"]] == ["ae.safetensors"]
+    [inversion] = by_type["PnP_DDIMInversion"]
+    assert (inversion["solver"], inversion["steps"], inversion["inversion_steps"]) == ("rf-solver", 25, 0)
+    [bank] = by_type["PnP_FeatureBank"]
+    assert (bank["attention_layers"], bank["inject_steps"]) == ("auto", -1)
+    [sampler] = by_type["PnP_Sampler"]
+    assert (sampler["steps"], sampler["injection_strength"]) == (0, 1.0)
+    guidance = api[sampler["positive"][0]]
+    assert guidance["class_type"] == "FluxGuidance" and guidance["inputs"]["guidance"] == 2.0
+    assert api[guidance["inputs"]["conditioning"][0]]["_meta"]["title"].startswith("Target prompt")
+    mask = sampler.get("mask")
+    assert (mask is not None) == (name == "pnp_flux_mask")
+    if mask is not None:
+        assert api[mask[0]]["class_type"] == "LoadImageMask" and sampler["outside_mask_strength"] == 0.0
+
+
+def test_the_flux_widgets_are_optional_and_last_so_files_saved_before_them_open(host):
+    """PnP DDIM Inversion's ``solver`` and PnP Feature Bank's ``inject_steps`` came after workflows were saved:
+    each is its node's last input and optional, so a file saved without them (its widgets_values one short) opens
+    with the default in that widget and an API prompt without them is still complete."""
+    import nodes
+
+    for node_id, name, default in (("PnP_DDIMInversion", "solver", "rf-solver"),
+                                   ("PnP_FeatureBank", "inject_steps", -1)):
+        inputs = nodes.NODE_CLASS_MAPPINGS[node_id].GET_SCHEMA().inputs
+        assert (inputs[-1].id, inputs[-1].optional, inputs[-1].default) == (name, True, default), node_id
+        required = nodes.NODE_CLASS_MAPPINGS[node_id].INPUT_TYPES()["required"]
+        assert name not in required, node_id

@@ -104,8 +104,8 @@ class PnPFeatureBank(io.ComfyNode):
         facts = patcher.model_facts(model)
         sites = resolve_layers(facts, resblock_layers, attention_layers)
         feature_steps, attention_steps = recorded_steps(inversion.steps, feature_injection, attention_injection)
-        bank = sampling.record_bank(model, inversion, conditioning, sites, feature_steps, attention_steps,
-                                    STORAGE_DTYPES[bank_dtype], batch_size, mode, batch_memory)
+        recording = sampling.Recording(sites, feature_steps, attention_steps, STORAGE_DTYPES[bank_dtype], batch_size)
+        bank = sampling.record_bank(model, inversion, conditioning, recording, mode, batch_memory)
         log.info("PnP feature bank: %s", bank.describe())
         return io.NodeOutput(bank, ui=ui.PreviewText(bank.summary()))
 
@@ -141,7 +141,8 @@ class PnPGenerateGuidance(io.ComfyNode):
         facts = patcher.model_facts(model)
         sites = resolve_layers(facts, resblock_layers, attention_layers)
         feature_steps, attention_steps = recorded_steps(steps, feature_injection, attention_injection)
-        bank, image = sampling.generate_guidance(model, positive, negative, latent["samples"], seed, steps, cfg,
-                                                 sites, feature_steps, attention_steps, STORAGE_DTYPES[bank_dtype])
+        bank, image = sampling.generate_guidance(
+            model, sampling.Generation(positive, negative, seed, steps, cfg), latent["samples"],
+            sampling.Recording(sites, feature_steps, attention_steps, STORAGE_DTYPES[bank_dtype]))
         log.info("PnP feature bank: %s", bank.describe())
         return io.NodeOutput(bank, {"samples": image}, ui=ui.PreviewText(bank.summary()))

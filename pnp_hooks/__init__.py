@@ -11,15 +11,18 @@ A map of the core, lowest layer first (a module imports only from the lines abov
   file names), ``families.unet`` (SD 1.x/2.x/SDXL: recognition and checks,
   decoder layout, its two kinds "resblock" and "attention", default sites,
   the modules and patch points a site lives in, the q/k projections of the
-  PCA views, the VP schedule factor). Nothing else names a model's modules or
-  a particular kind of site: sites, stored tensors and steps are mappings
-  keyed by kind name. ``families.flux`` (FLUX.1 dev/schnell: checks, layout,
+  PCA views), ``families.vp_schedule`` (its schedule: SD's discrete VP
+  timesteps 0..999 and DDIM spacing, the sigma table, the moves between
+  ComfyUI's sampling space and the official latent, the DDIM inversion step).
+  Nothing else names a model's modules, a particular kind of site or a
+  schedule: sites, stored tensors and steps are mappings keyed by kind name,
+  and the passes ask the family's schedule. ``families.flux`` (FLUX.1 dev/schnell: checks, layout,
   the official schedule, the single-block site of an attn1_patch call, the
   key rule, bank size).
 - FLUX solvers: ``flow_solvers`` (RF-Solver, FireFlow, Euler as KSAMPLER
   functions on velocities).
-- What users choose: ``schedule`` (timesteps, injection thresholds,
-  negative-prompt schedules), ``layers`` (layer specs read against a family's
+- What users choose: ``schedule`` (injection thresholds as step counts,
+  negative-prompt schedules, the step of a sigma), ``layers`` (layer specs read against a family's
   layout, per kind), ``masks`` (a MASK as injection weights).
 - Values nodes pass along: ``bank`` (trajectory, feature bank, model identity),
   ``injection`` (recording and injecting at the sites, per step and model
@@ -32,7 +35,7 @@ A map of the core, lowest layer first (a module imports only from the lines abov
 - Wired to ComfyUI: ``patcher`` (the only module that touches ModelPatcher:
   model facts, patched clones that hook each kind's sites through the patch
   point its ``SiteKind`` names), ``sampling`` (inversion, recording, PnP
-  sampling through ComfyUI's CFGGuider), ``probe`` (PnP Feature PCA: one site's
+  sampling through ComfyUI's CFGGuider, on the family's schedule), ``probe`` (PnP Feature PCA: one site's
   tensors, from the bank or a live pass, and their q/k through the family's
   ``query_key`` on the loaded model), ``scoring`` (the scores on ComfyUI's vision models),
   ``sweep`` (PnP sampling over a grid of thresholds).

@@ -39,7 +39,6 @@ REQUIRED = (
     "comfy.clip_model.CLIPVisionModelProjection",
     "comfy.clip_vision.ClipVisionModel.encode_image",
     "comfy.image_encoders.dino2.Dinov2Model",
-    "comfy.k_diffusion.sampling.to_d",
     "comfy.k_diffusion.sampling.trange",
     "comfy.model_management.get_free_memory",
     "comfy.model_management.intermediate_device",

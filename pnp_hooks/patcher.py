@@ -1,6 +1,6 @@
 """The only module that touches ComfyUI's ModelPatcher.
 
-It reads model facts (family, prediction type, sigma table, latent format,
+It reads model facts (family, prediction type, noise schedule, latent format,
 decoder layout, a fingerprint of the base weights), asking the model's family
 (``families``) for everything family-specific, and returns patched *clones*;
 the MODEL a node was given is never changed.
@@ -58,29 +58,18 @@ NEGATIVE_COND = "pnp_negative"
 class ModelFacts:
     identity: ModelIdentity
     layout: object  # the family's layout (``layout_of``): its sites and their shapes
-    sigmas: torch.Tensor  # (1000,) float32: sigma of each training timestep
+    schedule: object  # the family's noise schedule (``check``): timesteps, their sigmas, latent moves, inversion step
     latent_format: object  # comfy.latent_formats: process_in (LATENT -> model space), process_out
     family: ModuleType | None = field(default=None, compare=False, repr=False)  # its module of ``families``
-
-    def sigma(self, timestep: int) -> float:
-        return float(self.sigmas[timestep])
-
-    def sigmas_at(self, timesteps: list[int]) -> torch.Tensor:
-        return self.sigmas[torch.tensor(timesteps, dtype=torch.long)]
 
 
 def model_facts(model) -> ModelFacts:
     """Check the model is one PnP supports and describe it; raises PnPInputError otherwise."""
     family = families.family_of(model)
-    prediction, layout, sigmas = family.check(model)
+    prediction, layout, schedule = family.check(model)
     identity = ModelIdentity(families.variant_of(model), prediction, fingerprint(model, family.FINGERPRINT_KEYS),
-                             _schedule_hash(sigmas))
-    return ModelFacts(identity, layout, sigmas, model.get_model_object("latent_format"), family)
-
-
-def _schedule_hash(sigmas: torch.Tensor) -> str:
-    """Hash of the sigma table (1000 float32 values): tells a changed noise schedule apart."""
-    return hashlib.sha256(sigmas.contiguous().numpy().tobytes()).hexdigest()[:16]
+                             schedule.digest)
+    return ModelFacts(identity, layout, schedule, model.get_model_object("latent_format"), family)
 
 
 def fingerprint(model, keys: tuple[str, ...]) -> str:

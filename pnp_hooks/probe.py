@@ -100,8 +100,8 @@ def _record_live(model, bank: FeatureBank, kind: SiteKind, site, steps: list[int
     kinds = bank.sites.kinds
     sites = LayerSites(kinds, {kind.name: (site,)})
     feature_steps = len(steps) if kind.threshold == FEATURE_THRESHOLD else 0
-    live = sampling.record_bank(model, picked, bank.source_conditioning, sites, feature_steps,
-                                len(steps) - feature_steps, torch.float32, 1)
+    live = sampling.record_bank(model, picked, bank.source_conditioning,
+                                sampling.Recording(sites, feature_steps, len(steps) - feature_steps, torch.float32, 1))
     return live.stored[kind.name][site][:, 0]
 
 

@@ -4,10 +4,12 @@ Every pass goes through ComfyUI's own ``comfy.samplers.CFGGuider`` on a
 patched clone, so model loading, LoRA weight patches, ControlNet, hooks,
 wrappers, progress bars, previews and Cancel behave as in ComfyUI's samplers.
 
-Latent spaces: LATENT holds raw VAE latents; inside sampling ComfyUI works in
-variance-exploding space x = z / sqrt(alpha_bar) (z the official, scaled VP
-latent), sigma = sqrt((1 - alpha_bar) / alpha_bar). A deterministic DDIM step
-is then exactly an Euler step x' = x + (sigma' - sigma) * eps.
+Latent spaces: LATENT holds raw VAE latents (``latent_format`` scales them);
+everything family-specific about time comes from the model's family through
+``ModelFacts.schedule`` (``families``): the timesteps of a step count, their
+sigmas, how a latent moves between ComfyUI's sampling space and the family's
+own (the official one), and the family's inversion step. Here, a pass only
+runs ComfyUI's samplers on those sigmas.
 """
 from __future__ import annotations
 
@@ -23,15 +25,16 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
-from comfy.k_diffusion.sampling import to_d, trange
+from comfy.k_diffusion.sampling import trange
 
-from . import batching, families, live_source, patcher
+from . import batching, live_source, patcher
 from .bank import (ON_THE_FLY, SOURCE_CFG, SOURCE_SINGLE, STORED, FeatureBank, Trajectory, TrajectoryBatch,
                    check_model, check_one_frame)
 from .errors import PnPInputError
 from .injection import Injector, Recorder
 from .layers import LayerSites
-from .schedule import InjectionPlan, ddim_timesteps, inversion_timesteps
+from .live_source import LiveSource
+from .schedule import InjectionPlan
 from .sources import BATCH_MEMORY, ONE_FRAME, FrameSources, StoredSource
 
 FINAL_STEPS = ("official", "comfyui")
@@ -77,27 +80,69 @@ def _disable_pbar() -> bool:
     return not comfy.utils.PROGRESS_BAR_ENABLED
 
 
-@torch.no_grad()
-def _official_ddim_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, keep=None, kept=None,
-                             vp_scale=None):
-    """Official DDIM inversion in sigma space; ``sigmas`` ascend from sigma(t=0).
+def _cfg_guider(model, positive, negative=None, cfg: float = 1.0) -> comfy.samplers.CFGGuider:
+    """ComfyUI's own CFGGuider on ``model`` with its conditionings and CFG (by default one prompt at CFG 1, as
+    the inversion and the source pass run)."""
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, [] if negative is None else negative)
+    guider.set_cfg(cfg)
+    return guider
 
-    The clean latent is taken as z0 at alpha_bar(0) (SD schedulers do not set it
-    to one). Each step evaluates eps on the current latent (the model call uses
-    the current sigma; a wrapper labels the UNet with the next timestep) and
-    moves to the next sigma. ``kept[t]`` receives x after landing on the sigma
-    index ``i`` with ``keep[i] = t``. ``vp_scale``: the family's factor from its latent to sampling space.
+
+@dataclass(frozen=True)
+class Recording:
+    """What a bank records: its sites, the leading steps per threshold (``schedule.recorded_steps``), the dtype
+    its tensors are stored in and, for a source pass, timesteps per UNet call (0 = automatic, ``batching``)."""
+
+    sites: LayerSites
+    feature_steps: int
+    attention_steps: int
+    storage_dtype: torch.dtype
+    batch_size: int = 0
+
+    @property
+    def steps(self) -> int:
+        """Leading steps recorded at all (the larger threshold's)."""
+        return max(self.feature_steps, self.attention_steps)
+
+    def recorder(self, branches: str) -> Recorder:
+        """A recorder of these sites and steps for ``branches`` (``SOURCE_SINGLE`` / ``SOURCE_CFG``)."""
+        return Recorder(self.sites, self.feature_steps, self.attention_steps, branches,
+                        comfy.model_management.intermediate_device(), self.storage_dtype)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """How PnP Generate Guidance samples its guidance image: prompts, seed, steps and CFG."""
+
+    positive: list
+    negative: list
+    seed: int
+    steps: int
+    cfg: float
+
+
+@torch.no_grad()
+def _inversion_pass(model, x, sigmas, extra_args=None, callback=None, disable=None, schedule=None, keep=None,
+                    kept=None):
+    """KSAMPLER function: the family's inversion (``schedule.inversion_step``) up ``sigmas``, which ascend from
+    the clean latent's level.
+
+    ``x`` arrives as the family's latent and moves into sampling space at
+    ``sigmas[0]``. Each step evaluates the model on the current latent at the
+    current sigma (a wrapper may relabel the call: ``Inversion.next_label``)
+    and steps to the next sigma. ``kept[t]`` receives x after landing on the
+    sigma index ``i`` with ``keep[i] = t``.
     """
     extra_args = {} if extra_args is None else extra_args
     s_in = x.new_ones([x.shape[0]])
-    x = x * vp_scale(sigmas[0])
+    x = schedule.to_sampling(x, sigmas[0])
     for i in trange(len(sigmas) - 1, disable=disable):
         comfy.model_management.throw_exception_if_processing_interrupted()
         denoised = model(x, sigmas[i] * s_in, **extra_args)
-        d = to_d(x, sigmas[i], denoised)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
-        x = x + d * (sigmas[i + 1] - sigmas[i])
+        x = schedule.inversion_step(x, denoised, sigmas[i], sigmas[i + 1])
         if i + 1 in keep:
             kept[keep[i + 1]] = x.detach().clone()
     return x
@@ -105,41 +150,33 @@ def _official_ddim_inversion(model, x, sigmas, extra_args=None, callback=None, d
 
 def invert(model, samples: torch.Tensor, conditioning, steps: int,
            inversion_steps: int) -> Trajectory | TrajectoryBatch:
-    """DDIM-invert a LATENT (frames, C, H, W) and keep it at every sampling timestep: a ``Trajectory`` for one
-    image, a ``TrajectoryBatch`` for several, each frame inverted on its own exactly as a single image."""
+    """Invert a LATENT (frames, C, H, W) with the family's inversion and keep it at every sampling timestep: a
+    ``Trajectory`` for one image, a ``TrajectoryBatch`` for several, each frame inverted on its own exactly as a
+    single image."""
     facts = patcher.model_facts(model)
     check_source_latent(samples, facts, "latent to invert", batch=True)
+    inversion = facts.schedule.inversion(steps, inversion_steps)
     frames = samples.shape[0]
-    total = len(inversion_timesteps(steps, inversion_steps))
     trajectories = []
     for i in range(frames):
-        progress = None if frames == 1 else (i * total, frames * total)
-        trajectories.append(_invert_one(model, facts, samples[i:i + 1], conditioning, steps, inversion_steps,
-                                        progress))
+        progress = None if frames == 1 else (i * inversion.steps, frames * inversion.steps)
+        trajectories.append(_invert_one(model, facts, inversion, samples[i:i + 1], conditioning, progress))
     return trajectories[0] if frames == 1 else TrajectoryBatch(tuple(trajectories))
 
 
-def _invert_one(model, facts: patcher.ModelFacts, samples: torch.Tensor, conditioning, steps: int,
-                inversion_steps: int, progress: tuple[int, int] | None) -> Trajectory:
-    """DDIM-invert one image's LATENT (1, C, H, W)."""
-    sampling_ts = ddim_timesteps(steps)
-    inversion_ts = inversion_timesteps(steps, inversion_steps)
-    levels = [0] + inversion_ts
-    wanted = set(sampling_ts)
-    keep = {i + 1: t for i, t in enumerate(inversion_ts) if t in wanted}
+def _invert_one(model, facts: patcher.ModelFacts, inversion, samples: torch.Tensor, conditioning,
+                progress: tuple[int, int] | None) -> Trajectory:
+    """Invert one image's LATENT (1, C, H, W) as ``inversion`` (the schedule's ``Inversion``) plans."""
     kept: dict[int, torch.Tensor] = {}
-
-    relabelled = patcher.with_next_timestep_labels(model, dict(zip(levels[:-1], levels[1:])))
-    guider = comfy.samplers.CFGGuider(relabelled)
-    guider.set_conds(conditioning, [])
-    guider.set_cfg(1.0)
-    options = {"keep": keep, "kept": kept, "vp_scale": facts.family.vp_scale}
-    sampler = comfy.samplers.KSAMPLER(_official_ddim_inversion, extra_options=options)
-    guider.sample(torch.zeros_like(samples), samples, sampler, facts.sigmas_at(levels),
-                  callback=_progress(relabelled, len(inversion_ts), progress), disable_pbar=_disable_pbar(), seed=0)
-    latents = torch.cat([kept[t] for t in sampling_ts])
+    relabelled = patcher.with_next_timestep_labels(model, inversion.next_label)
+    guider = _cfg_guider(relabelled, conditioning)
+    options = {"schedule": facts.schedule, "keep": inversion.keep, "kept": kept}
+    sampler = comfy.samplers.KSAMPLER(_inversion_pass, extra_options=options)
+    guider.sample(torch.zeros_like(samples), samples, sampler, inversion.sigmas,
+                  callback=_progress(relabelled, inversion.steps, progress), disable_pbar=_disable_pbar(), seed=0)
+    latents = torch.cat([kept[t] for t in inversion.sampling_timesteps])
     latents = facts.latent_format.process_out(latents.float().cpu())
-    return Trajectory(facts.identity, tuple(sampling_ts), latents, len(inversion_ts), "inverted")
+    return Trajectory(facts.identity, inversion.sampling_timesteps, latents, inversion.steps, "inverted")
 
 
 # Largest automatic batch of source timesteps per UNet call (batch_size 0).
@@ -183,12 +220,11 @@ def _source_pass(model, x, sigmas, extra_args=None, callback=None, disable=None,
     return x
 
 
-def record_bank(model, trajectory: Trajectory | TrajectoryBatch, conditioning, sites: LayerSites,
-                feature_steps: int, attention_steps: int, storage_dtype: torch.dtype, batch_size: int,
+def record_bank(model, trajectory: Trajectory | TrajectoryBatch, conditioning, recording: Recording,
                 mode: str = STORED, batch_memory: str = ONE_FRAME) -> FeatureBank:
     """Record the bank from ``UNet(z_t_inverted, t, conditioning)`` (pnp-diffusers' source pass).
 
-    ``batch_size``: timesteps per UNet call, 0 = automatic (see ``batching``).
+    ``recording.batch_size``: timesteps per UNet call, 0 = automatic (see ``batching``).
     ``mode`` "on the fly": record nothing; the bank's source is a ``LiveSource``
     that PnP sampling runs per injecting step. A batch of frames gets one
     source per frame (``FrameSources``); stored, ``batch_memory`` says whether
@@ -202,88 +238,96 @@ def record_bank(model, trajectory: Trajectory | TrajectoryBatch, conditioning, s
         live_source.check_conditioning(conditioning)
     if batch_memory not in BATCH_MEMORY:
         raise PnPInputError(f"batch_memory must be one of {BATCH_MEMORY}, got {batch_memory!r}.")
-    record = partial(_record_source, model, facts, trajectory, conditioning, sites, feature_steps, attention_steps,
-                     storage_dtype, batch_size, mode)
+    record = _FrameRecording(model, facts, trajectory, conditioning, recording, mode)
     frames = trajectory.frames
     if frames == 1:
         source = record(0)
     elif mode == STORED and batch_memory == ONE_FRAME:
         source = FrameSources(mode, frames, record=record)
     else:
-        recorded = max(feature_steps, attention_steps)
+        recorded = recording.steps
         source = FrameSources(mode, frames, held=tuple(record(i, progress=(i * recorded, frames * recorded))
                                                         for i in range(frames)))
-    steps = (trajectory.steps, trajectory.steps) if mode == ON_THE_FLY else (feature_steps, attention_steps)
-    return FeatureBank(trajectory, sites, SOURCE_SINGLE, *steps, source, storage_dtype,
+    steps = ((trajectory.steps, trajectory.steps) if mode == ON_THE_FLY
+             else (recording.feature_steps, recording.attention_steps))
+    return FeatureBank(trajectory, recording.sites, SOURCE_SINGLE, *steps, source, recording.storage_dtype,
                        source_conditioning=conditioning)
 
 
-def _record_source(model, facts: patcher.ModelFacts, trajectory: Trajectory | TrajectoryBatch, conditioning,
-                   sites: LayerSites, feature_steps: int, attention_steps: int, storage_dtype: torch.dtype,
-                   batch_size: int, mode: str, frame: int, progress: tuple[int, int] | None = None):
-    """Frame ``frame``'s source: a ``LiveSource`` on the fly, else its recorded ``StoredSource``."""
-    trajectory = trajectory.frame(frame)
-    if mode == ON_THE_FLY:
-        return live_source.LiveSource(trajectory, sites, conditioning)
-    recorded_steps = max(feature_steps, attention_steps)
-    recorder = Recorder(sites, feature_steps, attention_steps, SOURCE_SINGLE,
-                        comfy.model_management.intermediate_device(), storage_dtype)
-    if recorded_steps:
-        sigmas = facts.sigmas_at(list(trajectory.timesteps[:recorded_steps]))
-        clone = patcher.with_cancel_between_blocks(patcher.with_pnp_sites(model, recorder, sigmas))
+@dataclass(frozen=True, eq=False)
+class _FrameRecording:
+    """One frame's source of a bank ``record_bank`` makes (``FrameSources.record`` calls it when a deferred
+    frame is translated): a ``LiveSource`` on the fly, else the frame's recorded ``StoredSource``."""
+
+    model: object
+    facts: patcher.ModelFacts
+    trajectory: Trajectory | TrajectoryBatch
+    conditioning: list
+    recording: Recording
+    mode: str
+
+    def __call__(self, frame: int, progress: tuple[int, int] | None = None) -> LiveSource | StoredSource:
+        trajectory = self.trajectory.frame(frame)
+        if self.mode == ON_THE_FLY:
+            return LiveSource(trajectory, self.recording.sites, self.conditioning)
+        recorder = self.recording.recorder(SOURCE_SINGLE)
+        if self.recording.steps:
+            self._record(trajectory, recorder, progress)
+        return StoredSource(recorder.build(), SOURCE_SINGLE)
+
+    def _record(self, trajectory: Trajectory, recorder: Recorder, progress: tuple[int, int] | None) -> None:
+        """``_source_pass`` on the recorded steps of ``trajectory``, through a clone that records at the sites."""
+        recorded_steps = self.recording.steps
+        sigmas = self.facts.schedule.sigmas_at(trajectory.timesteps[:recorded_steps])
+        clone = patcher.with_cancel_between_blocks(patcher.with_pnp_sites(self.model, recorder, sigmas))
         sampler = comfy.samplers.KSAMPLER(_source_pass, extra_options={
-            "latents": facts.latent_format.process_in(trajectory.latents[:recorded_steps]),
+            "latents": self.facts.latent_format.process_in(trajectory.latents[:recorded_steps]),
             "latent_sigmas": sigmas,
             "rows_per_call": partial(_rows_per_call, clone, trajectory.latent_shape, recorded_steps,
-                                     max(0, batch_size))})
-        guider = comfy.samplers.CFGGuider(clone)
-        guider.set_conds(conditioning, [])
-        guider.set_cfg(1.0)
+                                     max(0, self.recording.batch_size))})
+        guider = _cfg_guider(clone, self.conditioning)
         shape = (1,) + trajectory.latent_shape
         # The sampler's own schedule only sizes the progress bar: one entry per recorded step, then 0.
         guider.sample(torch.zeros(shape), torch.zeros(shape), sampler, torch.cat([sigmas, sigmas.new_zeros(1)]),
                       callback=_progress(clone, recorded_steps, progress), disable_pbar=_disable_pbar(), seed=0)
-    return StoredSource(recorder.build(), SOURCE_SINGLE)
 
 
-def generate_guidance(model, positive, negative, samples: torch.Tensor, seed: int, steps: int, cfg: float,
-                      sites: LayerSites, feature_steps: int, attention_steps: int,
-                      storage_dtype: torch.dtype) -> tuple[FeatureBank, torch.Tensor]:
-    """Generate a guidance image with DDIM + CFG from a seed and record the bank during it.
+def generate_guidance(model, generation: Generation, samples: torch.Tensor,
+                      recording: Recording) -> tuple[FeatureBank, torch.Tensor]:
+    """Generate a guidance image with DDIM + CFG (``generation``) and record the bank (``recording``) during it.
 
     As the original code does for generated guidance images: features are taken
     from the generation's own UNet calls (uncond and cond branches under CFG),
-    starting from x_T ~ N(0, I) in the official (variance-preserving) scale.
-    Returns the bank and the generated image's LATENT.
+    starting from x_T ~ N(0, I) in the family's own (official) scale; ``samples``
+    sets the size. Returns the bank and the generated image's LATENT.
     """
     facts = patcher.model_facts(model)
     check_source_latent(samples, facts, "latent that sets the guidance image size")
-    timesteps = ddim_timesteps(steps)
-    branches = SOURCE_SINGLE if math.isclose(cfg, 1.0) else SOURCE_CFG
-    recorder = Recorder(sites, feature_steps, attention_steps, branches,
-                        comfy.model_management.intermediate_device(), storage_dtype)
-    step_sigmas = facts.sigmas_at(timesteps)
+    schedule = facts.schedule
+    timesteps = schedule.sampling_timesteps(generation.steps)
+    branches = SOURCE_SINGLE if math.isclose(generation.cfg, 1.0) else SOURCE_CFG
+    recorder = recording.recorder(branches)
+    step_sigmas = schedule.sigmas_at(timesteps)
     clone = patcher.with_pnp_sites(model, recorder, step_sigmas)
     sigmas = torch.cat([step_sigmas, step_sigmas.new_zeros(1)])
-    noise = comfy.sample.prepare_noise(samples, seed)
-    x_T = facts.latent_format.process_out(noise * facts.family.vp_scale(sigmas[0]))
+    noise = comfy.sample.prepare_noise(samples, generation.seed)
+    x_T = facts.latent_format.process_out(schedule.to_sampling(noise, sigmas[0]))
     trajectory_x: dict[int, torch.Tensor] = {}
-    progress = _progress(clone, steps)
+    progress = _progress(clone, generation.steps)
 
     def keep_trajectory(step, x0, x, total):
         trajectory_x[step] = x.detach().float().cpu()
         progress(step, x0, x, total)
 
-    guider = comfy.samplers.CFGGuider(clone)
-    guider.set_conds(positive, negative)
-    guider.set_cfg(cfg)
+    guider = _cfg_guider(clone, generation.positive, generation.negative, generation.cfg)
     final = guider.sample(torch.zeros_like(x_T), x_T, comfy.samplers.ksampler("euler"), sigmas,
-                          callback=keep_trajectory, disable_pbar=_disable_pbar(), seed=seed)
-    latents = facts.latent_format.process_out(torch.cat([trajectory_x[i] for i in range(steps)]))
-    trajectory = Trajectory(facts.identity, tuple(timesteps), latents, steps, "generated")
-    bank = FeatureBank(trajectory, sites, branches, feature_steps, attention_steps,
-                       StoredSource(recorder.build(), branches), storage_dtype, source_conditioning=positive)
-    return bank, final.float().cpu() / facts.family.vp_scale(sigmas[-1])
+                          callback=keep_trajectory, disable_pbar=_disable_pbar(), seed=generation.seed)
+    latents = facts.latent_format.process_out(torch.cat([trajectory_x[i] for i in range(generation.steps)]))
+    trajectory = Trajectory(facts.identity, tuple(timesteps), latents, generation.steps, "generated")
+    bank = FeatureBank(trajectory, recording.sites, branches, recording.feature_steps, recording.attention_steps,
+                       StoredSource(recorder.build(), branches), recording.storage_dtype,
+                       source_conditioning=generation.positive)
+    return bank, schedule.from_sampling(final.float().cpu(), sigmas[-1])
 
 
 @dataclass(frozen=True)
@@ -321,7 +365,7 @@ def pnp_guider(model, target: Target, bank: FeatureBank, frame: int = 0) -> comf
     check_model(bank.trajectory.model, facts.identity, "feature bank")
     injector = Injector(bank.sites, bank.source, target.plan, (bank.feature_steps, bank.attention_steps),
                         target.strength, target.mask_of(frame))
-    step_sigmas = facts.sigmas_at(list(bank.trajectory.timesteps))
+    step_sigmas = facts.schedule.sigmas_at(bank.trajectory.timesteps)
     paper_negative = target.paper_negative
     clone = patcher.with_pnp_sites(model, injector, step_sigmas, target.negative_alphas if paper_negative else None)
     guider = comfy.samplers.CFGGuider(clone)
@@ -336,23 +380,24 @@ def pnp_guider(model, target: Target, bank: FeatureBank, frame: int = 0) -> comf
 def bank_sigmas(model, bank: FeatureBank, final_step: str) -> torch.Tensor:
     """The sigmas PnP samples on: those of the bank's timesteps, then the final one (float32, CPU).
 
-    ``final_step`` "official" ends at sigma(t=0) (alpha_bar(0), as both official
-    codes), "comfyui" at 0 (ComfyUI's samplers; what PnP Guider outputs).
+    ``final_step`` "official" ends where the official code does (the schedule's
+    ``official_end``; SD: sigma(t=0) = alpha_bar(0)), "comfyui" at 0 (ComfyUI's
+    samplers; what PnP Guider outputs).
     """
     if final_step not in FINAL_STEPS:
         raise PnPInputError(f"final_step must be one of {FINAL_STEPS}, got {final_step!r}.")
     facts = patcher.model_facts(model)
-    final_sigma = facts.sigma(0) if final_step == "official" else 0.0
-    return torch.cat([facts.sigmas_at(list(bank.trajectory.timesteps)), torch.tensor([final_sigma])])
+    final_sigma = facts.schedule.official_end if final_step == "official" else 0.0
+    return torch.cat([facts.schedule.sigmas_at(bank.trajectory.timesteps), torch.tensor([final_sigma])])
 
 
 def start_latent(model, bank: FeatureBank, start: str, seed: int) -> torch.Tensor:
     """The LATENT (1, C, H, W) PnP sampling of a one-image bank starts from at its first timestep.
 
     "inverted": the bank's x_T (the paper). "random noise": x_T ~ N(0, I) in the
-    official (variance-preserving) scale from ``seed``, i.e. sqrt(1 + sigma_T^2)
-    times ComfyUI's noise in sampling space, as PnP Generate Guidance starts; the
-    bank's features are injected all the same.
+    family's own (official) scale from ``seed``, moved into sampling space at the
+    first timestep's sigma, as PnP Generate Guidance starts; the bank's features
+    are injected all the same.
     """
     if start not in STARTS:
         raise PnPInputError(f"start must be one of {STARTS}, got {start!r}.")
@@ -360,9 +405,9 @@ def start_latent(model, bank: FeatureBank, start: str, seed: int) -> torch.Tenso
     if start == INVERTED:
         return x_T
     facts = patcher.model_facts(model)
-    sigma_T = facts.sigmas_at([bank.trajectory.timesteps[0]])[0]
+    sigma_T = facts.schedule.sigmas_at(bank.trajectory.timesteps[:1])[0]
     noise = comfy.sample.prepare_noise(x_T, seed)
-    return facts.latent_format.process_out(noise * facts.family.vp_scale(sigma_T))
+    return facts.latent_format.process_out(facts.schedule.to_sampling(noise, sigma_T))
 
 
 def translate(model, target: Target, bank: FeatureBank, final_step: str, start: str = INVERTED,
@@ -377,6 +422,7 @@ def translate(model, target: Target, bank: FeatureBank, final_step: str, start: 
     ``progress`` = (done, overall) on a longer one (PnP Threshold Sweep's cells).
     """
     sigmas = bank_sigmas(model, bank, final_step)
+    schedule = patcher.model_facts(model).schedule
     recording = max(bank.feature_steps, bank.attention_steps) if bank.frames > 1 and bank.source.deferred else 0
     per_frame = recording + bank.steps
     done, overall = progress or (0, bank.frames * per_frame)
@@ -384,12 +430,13 @@ def translate(model, target: Target, bank: FeatureBank, final_step: str, start: 
     for frame in range(bank.frames):
         comfy.model_management.throw_exception_if_processing_interrupted()
         frame_progress = None if progress is None and bank.frames == 1 else (done + frame * per_frame, overall)
-        out.append(_translate_frame(model, target, bank, frame, sigmas, start, seed, recording, frame_progress))
+        out.append(_translate_frame(model, target, bank, frame, schedule, sigmas, start, seed, recording,
+                                    frame_progress))
     return torch.cat(out)
 
 
-def _translate_frame(model, target: Target, bank: FeatureBank, frame: int, sigmas: torch.Tensor, start: str,
-                     seed: int, recording: int, progress: tuple[int, int] | None) -> torch.Tensor:
+def _translate_frame(model, target: Target, bank: FeatureBank, frame: int, schedule, sigmas: torch.Tensor,
+                     start: str, seed: int, recording: int, progress: tuple[int, int] | None) -> torch.Tensor:
     """One frame of ``translate`` (its bank and guider go when it returns: one frame's tensors at a time)."""
     frame_bank = bank.frame(frame, progress=progress) if recording else bank.frame(frame)
     guider = pnp_guider(model, target, frame_bank, frame)
@@ -399,6 +446,6 @@ def _translate_frame(model, target: Target, bank: FeatureBank, frame: int, sigma
     out = guider.sample(torch.zeros_like(x_T), x_T, comfy.samplers.ksampler("euler"), sigmas,
                         callback=_progress(guider.model_patcher, bank.steps, progress), disable_pbar=_disable_pbar(),
                         seed=0)
-    # Official: the last DDIM step lands on alpha_bar(0) and returns z = sqrt(alpha_bar(0)) * x.
-    final_sigma = float(sigmas[-1])
-    return out.float().cpu() / families.family_of(model).vp_scale(final_sigma)
+    # Back to the family's latent at the last sigma (official: SD's last DDIM step lands on alpha_bar(0) and
+    # returns z = sqrt(alpha_bar(0)) * x).
+    return schedule.from_sampling(out.float().cpu(), float(sigmas[-1]))

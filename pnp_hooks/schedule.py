@@ -1,12 +1,9 @@
-"""Timesteps, injection thresholds and negative-prompt schedules of the official code.
+"""What users choose about steps, whatever the model family: injection thresholds, negative-prompt schedules.
 
-Pure Python/torch, no ComfyUI. Timesteps are the SD training indices 0..999;
-inside sampling a step is found from the sigma ComfyUI passes (``steps_of_sigmas``).
-- Sampling with N steps uses diffusers' DDIM "leading" spacing with offset 1:
-  t_k = k * (1000 // N) + 1, descending (981, 961, ..., 1 for N = 50). The
-  original (CompVis) code's ``make_ddim_timesteps('uniform')`` gives the same.
-- Inversion with M steps uses the same rule ascending; every sampling timestep
-  must be one of them (pnp-diffusers inverts with 999 steps: 1..999).
+Pure Python/torch, no ComfyUI. A step is an index into a pass's sampling steps
+(0 = the first, noisiest); inside sampling it is found from the sigma ComfyUI
+passes (``steps_of_sigmas``). Which timesteps and sigmas the steps are is the
+model family's (its schedule: ``families.vp_schedule`` for the UNet family).
 """
 from __future__ import annotations
 
@@ -18,39 +15,8 @@ import torch
 
 from .errors import PnPInputError
 
-NUM_TRAIN_TIMESTEPS = 1000
-
 THRESHOLD_CONVENTIONS = ("pnp-diffusers", "original")
 NEGATIVE_SCHEDULES = ("constant", "linear", "exp")
-
-
-def ddim_timesteps(steps: int) -> list[int]:
-    """Official DDIM timesteps for ``steps`` steps, descending (sampling order).
-
-    ``t_k = k * (1000 // steps) + 1``; a timestep past 999 (only for 1000 steps)
-    does not exist in SD's schedule and is dropped, so 1000 steps equal 999.
-    """
-    if not 1 <= steps <= NUM_TRAIN_TIMESTEPS:
-        raise PnPInputError(f"steps must be between 1 and {NUM_TRAIN_TIMESTEPS}, got {steps}.")
-    ratio = NUM_TRAIN_TIMESTEPS // steps
-    ts = [k * ratio + 1 for k in range(steps)]
-    return [t for t in reversed(ts) if t < NUM_TRAIN_TIMESTEPS]
-
-
-def inversion_timesteps(sampling_steps: int, inversion_steps: int) -> list[int]:
-    """Ascending inversion timesteps; they must contain every sampling timestep."""
-    count = inversion_steps or sampling_steps
-    ts = sorted(ddim_timesteps(count))
-    missing = sorted(set(ddim_timesteps(sampling_steps)) - set(ts), reverse=True)
-    if missing:
-        counts = ", ".join(map(str, valid_inversion_counts(sampling_steps)[:6]))
-        raise PnPInputError(
-            f"inversion_steps={count} inverts through timesteps {_short(ts)}, which miss the "
-            f"sampling timesteps {_short(missing)} of steps={sampling_steps}. Set inversion_steps to 0 "
-            f"(same as steps), 999 (the officials' choice) or a count whose timesteps contain the "
-            f"sampling ones (for steps={sampling_steps}: {counts}, ...)."
-        )
-    return ts
 
 
 def steps_of_sigmas(step_sigmas: torch.Tensor, sigmas: torch.Tensor) -> list[int | None]:
@@ -67,11 +33,6 @@ def steps_of_sigmas(step_sigmas: torch.Tensor, sigmas: torch.Tensor) -> list[int
         i = int(torch.argmin((table - sigma).abs()))
         steps.append(i if abs(float(table[i]) - sigma) <= 1e-4 * max(sigma, 1e-8) else None)
     return steps
-
-
-def valid_inversion_counts(sampling_steps: int) -> list[int]:
-    wanted = set(ddim_timesteps(sampling_steps))
-    return [m for m in range(sampling_steps, NUM_TRAIN_TIMESTEPS + 1) if wanted <= set(ddim_timesteps(m))]
 
 
 def injection_step_count(steps: int, threshold: float, convention: str = "pnp-diffusers") -> int:
@@ -142,8 +103,3 @@ class InjectionPlan:
     def injects_attention(self, step: int) -> bool:
         return step < self.attention_steps
 
-
-def _short(ts: list[int]) -> str:
-    if len(ts) <= 6:
-        return "[" + ", ".join(map(str, ts)) + "]"
-    return "[" + ", ".join(map(str, ts[:3])) + ", ..., " + ", ".join(map(str, ts[-2:])) + "]"

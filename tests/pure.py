@@ -16,7 +16,8 @@ PACKAGE = "comfyui_pnp_pure_hooks"
 # Modules that must import without ComfyUI (``patcher``, ``sampling`` and ``probe`` wire them to it).
 PURE_MODULES = ("errors", "indices", "schedule", "layers", "masks", "bank", "injection", "sources", "live_source",
                 "bank_file", "visualize", "host_api", "metrics", "charts", "background", "families",
-                "families.unet", "families.kinds", "families.flux", "flow_solvers", "flux_bank")
+                "families.unet", "families.vp_schedule", "families.kinds", "families.flux", "flow_solvers",
+                "flux_bank")
 
 
 def pure(module: str):

@@ -14,7 +14,7 @@ What a family module provides (see ``unet`` for the reference):
   ``SiteKind``s (``families.kinds``); ``VARIANTS``: ComfyUI model_config class name ->
   name shown to users; ``DEFAULTS``: variant -> {kind name: the paper's
   default layer spec};
-- ``check(model) -> (prediction, layout, sigmas)``: refuses a model of the
+- ``check(model) -> (prediction, layout, schedule)``: refuses a model of the
   family PnP cannot run (raises ``PnPInputError`` naming what to change);
   ``layout_of(diffusion_model)``: a layout with ``available(kind)``,
   ``where(kind)``, ``num_output_blocks``, ``depth(kind, block)`` and
@@ -25,8 +25,18 @@ What a family module provides (see ``unet`` for the reference):
   ``site_at(kind, extra_options)`` (the site of that kind an ``attn1_patch``
   call is at, or None), ``query_key(diffusion_model, site, x)`` (q, k and the
   head count of an attention site's projections, for the PCA views);
-- schedule: ``vp_scale(sigma)``, the factor between ComfyUI's sampling space
-  and the family's variance-preserving latent.
+- the schedule ``check`` returns (the UNet family's: ``vp_schedule.DiscreteVPSchedule``), all the
+  sampling passes know of time: ``sampling_timesteps(steps)`` (the official
+  timesteps of a step count, noisiest first), ``sigmas_at(timesteps)`` (their
+  sigmas in ComfyUI's sampling space, float32 CPU), ``official_end`` (the sigma
+  the official sampler ends at), ``to_sampling(z, sigma)`` /
+  ``from_sampling(x, sigma)`` (a latent between the family's own space and
+  ComfyUI's), ``inversion(steps, inversion_steps)`` (the timesteps, sigmas,
+  kept levels and model labels of an inversion, ``vp_schedule.Inversion``),
+  ``inversion_step(x, denoised, sigma, sigma_next)`` and ``digest`` (tells a
+  changed schedule apart in ``bank.ModelIdentity``).
+FLUX's ``check`` refuses these passes (its own path, ``flux_sampling``, runs the
+flow schedule ``flux.schedule`` with sigma = t).
 Adding a kind of site to a family touches only the family module: the core
 (layers, injection, sources, bank, bank files, the patch layer, PCA) reads
 every kind-specific fact from its ``SiteKind``; a kind without a node input

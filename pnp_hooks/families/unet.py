@@ -11,12 +11,10 @@ node inputs, grammar, thresholds and patch points), in ComfyUI/LDM terms:
   ``attn1_patch`` receives them with ``block`` = ("output", b) and
   ``block_index`` = j.
 
-Schedule: ComfyUI samples these models in variance-exploding space
-x = z / sqrt(alpha_bar) (z the official, scaled VP latent), sigma =
-sqrt((1 - alpha_bar) / alpha_bar): ``vp_scale(sigma)`` = sqrt(1 + sigma^2) =
-1 / sqrt(alpha_bar) is the factor between the two. The model must keep its
-discrete 1000-step schedule (eps or v prediction); timesteps are the SD
-training indices 0..999.
+Schedule: SD's discrete variance-preserving one (``vp_schedule.DiscreteVPSchedule``, which ``check``
+returns: the official DDIM timesteps 0..999, ComfyUI's sigma table, the factor between ComfyUI's
+variance-exploding sampling space and the official latent, the DDIM inversion step). The model must keep
+its discrete 1000-step schedule (eps or v prediction).
 
 Pure: reads the objects ComfyUI hands it, imports nothing of ComfyUI.
 """
@@ -28,6 +26,7 @@ import torch
 
 from ..errors import PnPInputError
 from .kinds import ATTENTION_THRESHOLD, ATTN1_QK_INPUT, FEATURE_THRESHOLD, MODULE_OUTPUT, SiteKind
+from .vp_schedule import NUM_TRAIN_TIMESTEPS, DiscreteVPSchedule
 
 # The family's name in bank files.
 NAME = "unet"
@@ -66,7 +65,6 @@ FINGERPRINT_KEYS = ("diffusion_model.input_blocks.0.0.weight", "diffusion_model.
 _SAMPLING_MODULE = "comfy.model_sampling"
 _DISCRETE = "ModelSamplingDiscrete"
 _PREDICTIONS = {"EPS": "eps", "V_PREDICTION": "v"}
-_TRAINING_TIMESTEPS = 1000
 
 
 @dataclass(frozen=True)
@@ -141,13 +139,13 @@ def _sampling_classes(sampling) -> list[str]:
     return [base.__name__ for base in type(sampling).__bases__ if base.__module__ == _SAMPLING_MODULE]
 
 
-def check(model) -> tuple[str, UNetLayout, torch.Tensor]:
-    """A ComfyUI MODEL of this family that PnP runs: (prediction "eps"/"v", decoder layout, sigma table (1000,)
-    float32 on the CPU); raises PnPInputError naming what to change otherwise."""
+def check(model) -> tuple[str, UNetLayout, DiscreteVPSchedule]:
+    """A ComfyUI MODEL of this family that PnP runs: (prediction "eps"/"v", decoder layout, its schedule (the
+    sigma table float32 on the CPU)); raises PnPInputError naming what to change otherwise."""
     sampling = model.get_model_object("model_sampling")
     classes = _sampling_classes(sampling)
     prediction = next((_PREDICTIONS[name] for name in classes if name in _PREDICTIONS), None)
-    if _DISCRETE not in classes or prediction is None or len(sampling.sigmas) != _TRAINING_TIMESTEPS:
+    if _DISCRETE not in classes or prediction is None or len(sampling.sigmas) != NUM_TRAIN_TIMESTEPS:
         bases = type(sampling).__bases__
         raise PnPInputError(
             f"PnP needs the model's discrete 1000-step schedule with eps or v prediction; this MODEL samples "
@@ -162,7 +160,7 @@ def check(model) -> tuple[str, UNetLayout, torch.Tensor]:
             f"This {variant} UNet takes {unet.in_channels} input channels (an inpainting or "
             f"instruct model); PnP needs a plain text-to-image checkpoint with {latent_format.latent_channels}."
         )
-    return prediction, layout_of(unet), sampling.sigmas.detach().float().cpu()
+    return prediction, layout_of(unet), DiscreteVPSchedule.of(sampling)
 
 
 # ---------------------------------------------------------------- sites inside ComfyUI's model
@@ -197,10 +195,3 @@ def query_key(unet, site: tuple[int, int], x: torch.Tensor) -> tuple[torch.Tenso
     with torch.no_grad():
         return attn1.to_q(x).float(), attn1.to_k(x).float(), int(attn1.heads)
 
-
-# ---------------------------------------------------------------- schedule
-
-def vp_scale(sigma):
-    """sqrt(1 + sigma^2) = 1 / sqrt(alpha_bar) at ``sigma``: x = z * vp_scale, z = x / vp_scale (x in ComfyUI's
-    sampling space, z the official variance-preserving latent). Floats and tensors alike."""
-    return (1.0 + sigma ** 2) ** 0.5

@@ -61,26 +61,23 @@ class ToyFamily:
     DEFAULTS = {"ToyConfig": {"attn_qk": "0"}}
     FINGERPRINT_KEYS = ("diffusion_model.to_q.weight", "diffusion_model.conv_out.weight")
 
-    def __init__(self, families, layouts):
+    def __init__(self, families, layouts, schedules):
         self.KINDS = (families.SiteKind(
             name="attn_qk", input="attention_layers", file_key="attn_qk", label="attention", plural="self-attention",
             short="attention", indexed=True, example='"0"', threshold=families.ATTENTION_THRESHOLD,
             patch=families.ATTN1_QK_INPUT, spatial_dims=1, file_rank=4),)
         self.UNetLayout = layouts
+        self.DiscreteVPSchedule = schedules
 
     def layout_of(self, net):
         return self.UNetLayout((False,), (1,), (0,), (net.to_q.in_features,), (0,))
 
     def check(self, model):
-        sigmas = model.get_model_object("model_sampling").sigmas.detach().float().cpu()
-        return "eps", self.layout_of(model.model.diffusion_model), sigmas
+        schedule = self.DiscreteVPSchedule.of(model.get_model_object("model_sampling"))
+        return "eps", self.layout_of(model.model.diffusion_model), schedule
 
     def site_at(self, kind, extra_options):
         return (0, 0) if extra_options.get("block") == ("output", 0) else None
-
-    @staticmethod
-    def vp_scale(sigma):
-        return (1.0 + sigma ** 2) ** 0.5
 
 
 @pytest.fixture
@@ -90,7 +87,8 @@ def toy(host, monkeypatch):
     import comfy.supported_models
 
     families = host.pack_module("pnp_hooks.families")
-    family = ToyFamily(families, host.pack_module("pnp_hooks.families.unet").UNetLayout)
+    family = ToyFamily(families, host.pack_module("pnp_hooks.families.unet").UNetLayout,
+                       host.pack_module("pnp_hooks.families.vp_schedule").DiscreteVPSchedule)
     monkeypatch.setattr(families, "FAMILIES", families.FAMILIES + (family,))
     config = type("ToyConfig", (comfy.supported_models.SD15,), {})({"width": WIDTH})
     torch.manual_seed(0)

@@ -9,6 +9,7 @@ import torch
 from pure import pure
 
 families, unet, errors = pure("families"), pure("families.unet"), pure("errors")
+vp_schedule = pure("families.vp_schedule")
 
 
 def _comfy_class(name: str) -> type:
@@ -55,5 +56,45 @@ def test_the_attention_site_of_an_attn1_patch_call_is_a_decoder_block_and_transf
 def test_vp_scale_is_one_over_sqrt_alpha_bar():
     alpha_bar = torch.tensor([0.9991, 0.5, 0.0047])
     sigma = ((1 - alpha_bar) / alpha_bar) ** 0.5
-    assert torch.allclose(unet.vp_scale(sigma), alpha_bar ** -0.5)
-    assert unet.vp_scale(0.0) == 1.0
+    assert torch.allclose(vp_schedule.vp_scale(sigma), alpha_bar ** -0.5)
+    assert vp_schedule.vp_scale(0.0) == 1.0
+
+
+def test_the_unet_family_checks_to_its_discrete_vp_schedule(monkeypatch):
+    monkeypatch.setattr(unet, "layout_of", lambda diffusion_model: "layout")
+    prediction, layout, schedule = unet.check(_model())
+    assert prediction == "eps" and layout == "layout" and isinstance(schedule, vp_schedule.DiscreteVPSchedule)
+    table = torch.linspace(0.03, 14.6, 1000)
+    assert schedule.sigmas.dtype == torch.float32 and torch.equal(schedule.sigmas, table)
+    assert schedule.sampling_timesteps(50) == vp_schedule.ddim_timesteps(50)
+    assert torch.equal(schedule.sigmas_at((981, 1)), table[[981, 1]]) and schedule.official_end == float(table[0])
+    assert schedule.digest == vp_schedule.DiscreteVPSchedule(table.clone()).digest
+    assert schedule.digest != vp_schedule.DiscreteVPSchedule(table * 1.001).digest
+
+
+def test_an_inversion_plan_keeps_every_sampling_timestep_and_labels_with_the_next():
+    schedule = vp_schedule.DiscreteVPSchedule(torch.linspace(0.03, 14.6, 1000))
+    inversion = schedule.inversion(10, 50)
+    assert inversion.sampling_timesteps == tuple(range(901, 0, -100)) and inversion.steps == 50
+    assert inversion.timesteps == tuple(range(1, 1000, 20))
+    assert torch.equal(inversion.sigmas, schedule.sigmas_at((0,) + inversion.timesteps))
+    assert inversion.keep == {1 + (t - 1) // 20: t for t in inversion.sampling_timesteps}
+    assert inversion.next_label[0] == 1 and inversion.next_label[1] == 21 and inversion.next_label[961] == 981
+    with pytest.raises(errors.PnPInputError, match="miss the sampling timesteps"):
+        schedule.inversion(50, 60)
+
+
+def test_the_inversion_step_in_sampling_space_is_the_official_ddim_inversion_step():
+    """z_i = sqrt(a_i) x0 + sqrt(1 - a_i) eps, x0 = (z_prev - sqrt(1 - a_prev) eps) / sqrt(a_prev) (PNP_SPEC)."""
+    schedule = vp_schedule.DiscreteVPSchedule(torch.linspace(0.03, 14.6, 1000, dtype=torch.float64).float())
+    generator = torch.Generator().manual_seed(0)
+    z_prev, eps = torch.randn(2, 1, 4, 8, 8, generator=generator, dtype=torch.float64)
+    sigma, sigma_next = schedule.sigmas_at((1, 21)).double()
+    a_prev, a = 1 / (1 + sigma ** 2), 1 / (1 + sigma_next ** 2)
+    x0 = (z_prev - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
+    official = a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+    x = schedule.to_sampling(z_prev, sigma)
+    x_next = schedule.inversion_step(x, x - sigma * eps, sigma, sigma_next)  # an eps model's denoised output
+    assert torch.allclose(schedule.from_sampling(x_next, sigma_next), official, atol=1e-10)
+    assert torch.equal(schedule.from_sampling(schedule.to_sampling(z_prev, 0.0), 0.0), z_prev)

@@ -9,18 +9,19 @@ import torch
 from pure import pure
 
 schedule, masks, errors = pure("schedule"), pure("masks"), pure("errors")
+vp_schedule = pure("families.vp_schedule")  # the UNet family's timesteps
 
 
 def test_official_timesteps():
-    assert schedule.ddim_timesteps(50)[:3] == [981, 961, 941] and schedule.ddim_timesteps(50)[-1] == 1
-    assert len(schedule.ddim_timesteps(30)) == 30 and schedule.ddim_timesteps(30)[0] == 29 * 33 + 1
-    assert schedule.ddim_timesteps(1000) == schedule.ddim_timesteps(999)  # t = 1000 does not exist
-    assert schedule.inversion_timesteps(50, 999) == list(range(1, 1000))
-    assert schedule.valid_inversion_counts(50)[:4] == [50, 99, 100, 197]
+    assert vp_schedule.ddim_timesteps(50)[:3] == [981, 961, 941] and vp_schedule.ddim_timesteps(50)[-1] == 1
+    assert len(vp_schedule.ddim_timesteps(30)) == 30 and vp_schedule.ddim_timesteps(30)[0] == 29 * 33 + 1
+    assert vp_schedule.ddim_timesteps(1000) == vp_schedule.ddim_timesteps(999)  # t = 1000 does not exist
+    assert vp_schedule.inversion_timesteps(50, 999) == list(range(1, 1000))
+    assert vp_schedule.valid_inversion_counts(50)[:4] == [50, 99, 100, 197]
     with pytest.raises(errors.PnPInputError, match="miss the sampling timesteps"):
-        schedule.inversion_timesteps(50, 60)
+        vp_schedule.inversion_timesteps(50, 60)
     with pytest.raises(errors.PnPInputError, match="between 1 and 1000"):
-        schedule.ddim_timesteps(0)
+        vp_schedule.ddim_timesteps(0)
 
 
 @pytest.mark.parametrize("steps, tau, diffusers, original", [(50, 0.8, 40, 41), (10, 0.5, 5, 6), (10, 1.0, 10, 10),

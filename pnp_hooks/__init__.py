@@ -38,7 +38,8 @@ A map of the core, lowest layer first (a module imports only from the lines abov
   sampling through ComfyUI's CFGGuider, on the family's schedule), ``probe`` (PnP Feature PCA: one site's
   tensors, from the bank or a live pass, and their q/k through the family's
   ``query_key`` on the loaded model), ``scoring`` (the scores on ComfyUI's vision models),
-  ``sweep`` (PnP sampling over a grid of thresholds).
+  ``sweep`` (PnP sampling over a grid of thresholds), ``flux_sampling`` (FLUX: inversion with a flow
+  solver, V recorded or recomputed on the fly, PnP sampling, mask and strength as per-token blend weights).
 
 Everything above "Wired to ComfyUI" imports no ComfyUI module (tests/pure.py
 checks it).

@@ -81,17 +81,10 @@ def _dtype_name(dtype: torch.dtype | None) -> str:
     return "-" if dtype is None else str(dtype).removeprefix("torch.")
 
 
-@dataclass(frozen=True)
-class FluxBank:
-    mode: ClassVar[str] = STORED
-    inversion: FluxInversion
-    blocks: tuple[int, ...]  # single-stream blocks recorded
-    inject: int  # intervals 0 .. inject-1 recorded (the first ``inject`` denoising steps)
-    values: Mapping[Key, torch.Tensor]  # read-only
-    source_tokens: int  # text tokens of the source conditioning
+class _OfInversion:
+    """What both FLUX banks read from their inversion: its schedule, solver, end point and model."""
 
-    def __post_init__(self):
-        object.__setattr__(self, "values", MappingProxyType(dict(self.values)))
+    inversion: FluxInversion
 
     @property
     def times(self) -> tuple[float, ...]:
@@ -109,6 +102,22 @@ class FluxBank:
     def steps(self) -> int:
         return self.inversion.steps
 
+    def check_model(self, variant: str, fingerprint: str) -> None:
+        self.inversion.check_model(variant, fingerprint, "bank")
+
+
+@dataclass(frozen=True)
+class FluxBank(_OfInversion):
+    mode: ClassVar[str] = STORED
+    inversion: FluxInversion
+    blocks: tuple[int, ...]  # single-stream blocks recorded
+    inject: int  # intervals 0 .. inject-1 recorded (the first ``inject`` denoising steps)
+    values: Mapping[Key, torch.Tensor]  # read-only
+    source_tokens: int  # text tokens of the source conditioning
+
+    def __post_init__(self):
+        object.__setattr__(self, "values", MappingProxyType(dict(self.values)))
+
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.values.values())
@@ -116,9 +125,6 @@ class FluxBank:
     def value(self, interval: int, second: bool, block: int) -> torch.Tensor | None:
         """The V recorded under the key, or None (nothing recorded there: the target keeps its own)."""
         return self.values.get((interval, second, block))
-
-    def check_model(self, variant: str, fingerprint: str) -> None:
-        self.inversion.check_model(variant, fingerprint, "bank")
 
     def summary(self) -> str:
         """What the bank holds, as a node shows it: mode, steps, blocks, evaluations, bytes."""
@@ -129,7 +135,7 @@ class FluxBank:
 
 
 @dataclass(frozen=True)
-class FluxLiveBank:
+class FluxLiveBank(_OfInversion):
     """A FLUX bank "on the fly": the inversion, the blocks and steps to inject, the source conditioning and the
     dtype V is held in while sampling; no V. ``flux_sampling.sample`` recomputes each injected evaluation's V
     just before the denoising evaluation that reads it (``source_keys``) and drops it after."""
@@ -144,22 +150,6 @@ class FluxLiveBank:
     hidden_size: int  # the transformer's width: heads x head_dim, the size of one token's V
 
     @property
-    def times(self) -> tuple[float, ...]:
-        return self.inversion.times
-
-    @property
-    def solver(self) -> str:
-        return self.inversion.solver
-
-    @property
-    def inverted(self) -> torch.Tensor:
-        return self.inversion.inverted
-
-    @property
-    def steps(self) -> int:
-        return self.inversion.steps
-
-    @property
     def values(self) -> Mapping[Key, torch.Tensor]:
         return MappingProxyType({})
 
@@ -170,9 +160,6 @@ class FluxLiveBank:
 
     def value(self, interval: int, second: bool, block: int) -> None:
         return None
-
-    def check_model(self, variant: str, fingerprint: str) -> None:
-        self.inversion.check_model(variant, fingerprint, "bank")
 
     @property
     def source_keys(self) -> tuple[tuple[int, bool], ...]:

@@ -126,6 +126,24 @@ def comfy_model(layout: str, state_dict: dict[str, torch.Tensor]):
     return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
+class TransformerCalls:
+    """Counts the calls (NFE) of a ComfyUI FLUX MODEL's transformer while active (a forward pre-hook, removed on
+    exit)."""
+
+    def __init__(self, model):
+        self.module, self.count = model.model.diffusion_model, 0
+
+    def __enter__(self):
+        self.handle = self.module.register_forward_pre_hook(self._seen)
+        return self
+
+    def _seen(self, module, args):
+        self.count += 1
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
 def official_key(key: str) -> str:
     """ComfyUI's name of a tensor -> BFL's (RMSNorm ``*_norm.weight`` -> ``*_norm.scale``; v0.3.64 already uses it)."""
     if key.endswith("_norm.weight"):

@@ -94,23 +94,6 @@ def _flux_sampling_or_refused(host, model):
     return None
 
 
-class TransformerCalls:
-    """Counts the calls of the FLUX transformer while active (a forward pre-hook, removed on exit)."""
-
-    def __init__(self, model):
-        self.module, self.count = model.model.diffusion_model, 0
-
-    def __enter__(self):
-        self.handle = self.module.register_forward_pre_hook(self._seen)
-        return self
-
-    def _seen(self, module, args):
-        self.count += 1
-
-    def __exit__(self, *exc):
-        self.handle.remove()
-
-
 class SourceCalls:
     """Watches the on-the-fly source calls (``_LiveSource._source_values``) while active: each call's keys and
     bytes, and whether any V of an earlier call is still alive when the next one starts."""
@@ -152,10 +135,10 @@ def test_on_the_fly_translates_as_the_stored_bank_bit_for_bit(host, dev_model, m
                                            storage_dtype=dtype)
         live = flux_sampling.live_bank(dev_model, plain.inversion, source, blocks=blocks, inject=inject,
                                        storage_dtype=dtype)
-        with TransformerCalls(dev_model) as stored_calls:
+        with fc.TransformerCalls(dev_model) as stored_calls:
             out_stored, injected_stored = flux_sampling.sample(dev_model, stored, target, guidance=GUIDANCE)
         watch = SourceCalls(flux_sampling, monkeypatch)
-        with TransformerCalls(dev_model) as live_calls:
+        with fc.TransformerCalls(dev_model) as live_calls:
             out_live, injected_live = flux_sampling.sample(dev_model, live, target, guidance=GUIDANCE)
         out_off, _ = flux_sampling.sample(dev_model, stored, target, guidance=GUIDANCE, inject=False)
 
@@ -191,7 +174,7 @@ def test_on_the_fly_without_injection_runs_no_source_call(host, dev_model, monke
         plain = flux_sampling.invert(dev_model, _latent(dev_model), source, 2, solver="euler")
         live = flux_sampling.live_bank(dev_model, plain.inversion, source, inject=2)
         watch = SourceCalls(flux_sampling, monkeypatch)
-        with TransformerCalls(dev_model) as calls:
+        with fc.TransformerCalls(dev_model) as calls:
             out_live, injected = flux_sampling.sample(dev_model, live, target, inject=False)
         out_plain, _ = flux_sampling.sample(dev_model, plain, target, inject=False)
     assert injected == [] and watch.calls == [] and calls.count == 2

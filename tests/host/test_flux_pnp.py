@@ -56,24 +56,6 @@ def _has_flux_patches(host) -> bool:
     return version_tuple(comfyui_version(host.comfy_path)) >= FLUX_PATCHES_FROM
 
 
-def _model_by_hand(layout: str, state_dict: dict):
-    """ComfyUI's own FLUX MODEL built from its supported_models config (what UNETLoader would make at full width)."""
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    config_class = getattr(comfy.supported_models, fc.EXPECTED_DETECTION[layout][0])
-    import comfy.ldm.flux.model
-
-    fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
-    unet_config = {k: v for k, v in fc.flux_params(layout).items() if k in fields}
-    config = config_class({**unet_config, "image_model": "flux"})
-    config.set_inference_dtype(torch.float32, None)
-    base = config.get_model({}, device=torch.device("cpu"))
-    own = base.diffusion_model.state_dict()
-    base.diffusion_model.load_state_dict({k: state_dict[fc.official_key(k)] for k in own}, strict=True)
-    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
-
-
 @pytest.fixture(scope="module")
 def flux(host):
     """layout -> (ComfyUI MODEL, reference OfficialFlux on the same weights)."""
@@ -91,7 +73,7 @@ def flux(host):
             if _has_flux_patches(host):
                 (model,) = run_node("UNETLoader", unet_name=name, weight_dtype="default")
             else:
-                model = _model_by_hand(layout, state_dict)
+                model = fc.comfy_model(layout, state_dict)
             assert type(model.model.model_config).__name__ == fc.EXPECTED_DETECTION[layout][0]
             weights = model.model.diffusion_model.state_dict()
             transformer = ref.diffusers_flux_from_comfy(weights, fc.flux_params(layout))
@@ -111,24 +93,6 @@ def _latent(seed: int = 4) -> torch.Tensor:
     return torch.randn(1, 16, *LATENT_HW, generator=torch.Generator().manual_seed(seed))
 
 
-class TransformerCalls:
-    """Counts the calls of a ComfyUI FLUX transformer while active (a forward pre-hook, removed on exit)."""
-
-    def __init__(self, model):
-        self.module = model.model.diffusion_model
-        self.count = 0
-
-    def __enter__(self):
-        self.handle = self.module.register_forward_pre_hook(self._seen)
-        return self
-
-    def _seen(self, module, args):
-        self.count += 1
-
-    def __exit__(self, *exc):
-        self.handle.remove()
-
-
 def _ours(host, model, latent, recipe: str, inject: int, guidance: float = GUIDANCE):
     flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
     solver, steps, _, blocks, _, _ = RECIPES[recipe]
@@ -136,10 +100,10 @@ def _ours(host, model, latent, recipe: str, inject: int, guidance: float = GUIDA
     source, _ = _conditioning(SOURCE)
     target, _ = _conditioning(TARGET)
     with torch.inference_mode():
-        with TransformerCalls(model) as inversion_calls:
+        with fc.TransformerCalls(model) as inversion_calls:
             bank = flux_sampling.invert(model, fmt.process_out(latent.clone()), source, steps, solver=solver,
                                         blocks=blocks, inject=inject)
-        with TransformerCalls(model) as denoising_calls:
+        with fc.TransformerCalls(model) as denoising_calls:
             out, injected = flux_sampling.sample(model, bank, target, guidance=guidance)
     return fmt.process_in(out["samples"].clone()), bank, injected, (inversion_calls.count, denoising_calls.count)
 
@@ -292,7 +256,7 @@ def test_a_bank_recorded_from_the_stored_inversion_is_the_one_the_inversion_reco
         in_pass = flux_sampling.invert(model, fmt.process_out(latent.clone()), source, steps, solver=solver,
                                        blocks=blocks, inject=inject)
         plain = flux_sampling.invert(model, fmt.process_out(latent.clone()), source, steps, solver=solver)
-        with TransformerCalls(model) as calls:
+        with fc.TransformerCalls(model) as calls:
             later = flux_sampling.record_bank(model, plain.inversion, source, blocks=blocks, inject=inject)
     assert plain.values == {} and len(plain.inversion.inputs) == {"rf-solver": 2 * steps, "fireflow": steps + 1}[solver]
     assert torch.equal(plain.inverted, in_pass.inverted)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -194,7 +195,7 @@ def build_checkpoint(layout: str, path: Path) -> Path:
     for build in (lambda: _build_unet(layout), lambda: _build_clip(spec["clip"]), _build_taesd):
         sd.update({k: v.detach().to(torch.float16).contiguous() for k, v in build().items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: both hosts' runs may build it at once
     save_file(sd, str(tmp), metadata={"pnp_test_layout": layout, "builder_version": str(BUILDER_VERSION)})
     tmp.replace(path)
     return path

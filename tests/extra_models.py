@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -49,7 +50,7 @@ def build_controlnet(path: Path, seed: int = 1601) -> Path:
             conv[0].bias.zero_()
     sd = {k: v.detach().to(torch.float16).contiguous() for k, v in net.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: both hosts' runs may build it at once
     save_file(sd, str(tmp))
     tmp.replace(path)
     return path

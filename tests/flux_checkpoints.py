@@ -45,6 +45,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -177,7 +178,7 @@ def build_model_file(layout: str, path: Path) -> Path:
 
     sd = build_state_dict(layout)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: both hosts' runs may build it at once
     save_file(sd, str(tmp), metadata={"pnp_test_layout": layout, "builder_version": str(BUILDER_VERSION)})
     tmp.replace(path)
     return path

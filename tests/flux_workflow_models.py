@@ -19,6 +19,7 @@ under those names (``model_files``):
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ def _save(sd: dict[str, torch.Tensor], path: Path) -> Path:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: both hosts' runs may build it at once
     save_file({k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}, str(tmp),
               metadata={"pnp_test_builder_version": str(BUILDER_VERSION)})
     tmp.replace(path)

@@ -25,6 +25,7 @@ as fp16 safetensors in the plain key layout the loader reads.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -75,7 +76,7 @@ def build_vision_model(kind: str, path: Path) -> Path:
     sd = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     del model
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: both hosts' runs may build it at once
     save_file(sd, str(tmp))
     tmp.replace(path)
     return path

@@ -101,6 +101,7 @@ class PnPFeatureBank(io.ComfyNode):
             bank, shown = flux.record(model, inversion, conditioning, resblock_layers, attention_layers, bank_dtype,
                                       mode, inject_steps)
             return io.NodeOutput(bank, ui=ui.PreviewText(shown))
+        flux.refuse_on_sd_model(inversion, "inversion")
         facts = patcher.model_facts(model)
         sites = resolve_layers(facts, resblock_layers, attention_layers)
         feature_steps, attention_steps = recorded_steps(inversion.steps, feature_injection, attention_injection)

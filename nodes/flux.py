@@ -56,8 +56,12 @@ def check_layers(model, resblock_layers: str, attention_layers: str) -> tuple[in
     if resblock_layers.strip().lower() not in ("auto", ""):
         raise PnPInputError(f"FLUX has no ResBlock sites: set resblock_layers to auto or leave it empty (got "
                             f"{resblock_layers!r}).")
-    blocks = flux_family.DEFAULT_BLOCKS if attention_layers.strip().lower() == "auto" else attention_layers
-    return flux_family.blocks_of(blocks, layout, "attention_layers")
+    return flux_family.blocks_of(_block_spec(attention_layers), layout, "attention_layers")
+
+
+def _block_spec(attention_layers: str) -> str:
+    """The single blocks ``attention_layers`` names ("auto": the official 20-37)."""
+    return flux_family.DEFAULT_BLOCKS if attention_layers.strip().lower() == "auto" else attention_layers
 
 
 def record(model, inversion, conditioning, resblock_layers: str, attention_layers: str, bank_dtype: str,
@@ -70,7 +74,7 @@ def record(model, inversion, conditioning, resblock_layers: str, attention_layer
                             "this FLUX model.")
     check_layers(model, resblock_layers, attention_layers)
     inject = flux_family.DEFAULT_INJECT[inversion.solver] if inject_steps < 0 else inject_steps
-    spec = flux_family.DEFAULT_BLOCKS if attention_layers.strip().lower() == "auto" else attention_layers
+    spec = _block_spec(attention_layers)
     make = flux_sampling.live_bank if mode == ON_THE_FLY else flux_sampling.record_bank
     bank = make(model, inversion, conditioning, blocks=spec, inject=min(inject, inversion.steps),
                 storage_dtype=STORAGE_DTYPES[bank_dtype])
@@ -92,11 +96,21 @@ def summary(bank: FluxBank | FluxLiveBank, bank_dtype: str, blocks: str) -> str:
             f"FLUX guidance image, {pixel_size(tuple(bank.inverted.shape))}")
 
 
+FLUX_VALUES = (FluxBank, FluxLiveBank, FluxInversion)
+
+
 def refuse_flux_bank(features, node: str) -> None:
     """The nodes that read SD banks (file format, PCA pictures, threshold sweep) refuse a FLUX bank by name."""
-    if isinstance(features, (FluxBank, FluxLiveBank, FluxInversion)):
+    if isinstance(features, FLUX_VALUES):
         raise PnPInputError(f"{node} takes a bank recorded with an SD model; this one is a FLUX bank, which goes to "
                             f"PnP Sampler.")
+
+
+def refuse_on_sd_model(value, what: str) -> None:
+    """The DDIM path (an SD MODEL) given a FLUX inversion or bank: refused, naming what to connect."""
+    if isinstance(value, FLUX_VALUES):
+        raise PnPInputError(f"This {what} was made with a FLUX model, but the MODEL connected is an SD one: connect "
+                            f"the FLUX MODEL it was made with, or a {what} made with this SD model.")
 
 
 def check_sampler_options(negative_prompt=None, mask=None, start=None, **_) -> None:
@@ -130,6 +144,9 @@ def sample(model, positive, features, steps: int, mask=None, injection_strength:
         weight_map = injection_weight_map(mask, tuple(features.inverted.shape), outside_mask_strength)
     latent, injected = flux_sampling.sample(model, features, positive, guidance=None, weight_map=weight_map,
                                             strength=injection_strength)
+    calls = flow_solvers.model_calls(features.solver, features.steps)
+    if isinstance(features, FluxLiveBank):
+        calls += len(features.source_keys)  # the source calls of the on-the-fly bank
     log.info("PnP FLUX sampling: %s, %d steps, %d V tensors put in place (%d model calls)", features.solver,
-             features.steps, len(injected), flow_solvers.model_calls(features.solver, features.steps))
+             features.steps, len(injected), calls)
     return latent

@@ -179,6 +179,7 @@ class PnPSampler(io.ComfyNode):
             flux.check_sampler_options(negative_prompt=negative_prompt, mask=mask, start=start)
             return io.NodeOutput(flux.sample(model, positive, features, steps, mask, injection_strength,
                                              outside_mask_strength))
+        flux.refuse_on_sd_model(features, "feature bank")
         check_steps(features.steps, steps, "feature bank")
         target = TargetInputs.of(locals()).target(features)
         samples = sampling.translate(model, target, features, final_step, start, start_seed)
@@ -221,6 +222,7 @@ class PnPGuider(io.ComfyNode):
                 mask=None, injection_strength=1.0, outside_mask_strength=0.0) -> io.NodeOutput:
         check_inputs(_guider_inputs(), locals())  # locals(): the inputs, by name
         flux.refuse_in_guider(model)
+        flux.refuse_on_sd_model(features, "feature bank")
         target = TargetInputs.of(locals()).target(features)
         guider = sampling.pnp_guider(model, target, features)
         sigmas = sampling.bank_sigmas(model, features, "comfyui")

@@ -132,6 +132,7 @@ class _VPatch:
         self.times, self.blocks, self.inverse, self.inject = times, frozenset(blocks), inverse, inject
         self.bank, self.storage_dtype = bank, storage_dtype
         self.weights = weights  # None: replace V; else (text + image tokens,) blend weights (``token_weights``)
+        self._weights_at: dict[tuple, torch.Tensor] = {}  # the weights on each (device, dtype) V came in, made once
         self.recorded: dict[tuple[int, bool, int], torch.Tensor] = {}
         self.injected: list[tuple[int, bool, int]] = []
 
@@ -149,7 +150,7 @@ class _VPatch:
         key = key + (block,)
         if self.inverse:
             device = comfy.model_management.intermediate_device()
-            self.recorded[key] = v.detach().to(device=device, dtype=self.storage_dtype).clone()
+            self.recorded[key] = v.detach().to(device=device, dtype=self.storage_dtype, copy=True)  # one copy
             return {}
         stored = self.bank.value(*key)
         if stored is None:
@@ -163,7 +164,10 @@ class _VPatch:
         if self.weights is None:
             return {"v": stored.to(v).expand_as(v)}
         # lerp is exact at both ends: weight 1 gives the recorded V, weight 0 the target's own
-        weight = self.weights.to(device=v.device, dtype=v.dtype).view(1, 1, -1, 1)
+        weight = self._weights_at.get((v.device, v.dtype))
+        if weight is None:  # not moved again in each block of each evaluation
+            weight = self._weights_at[(v.device, v.dtype)] = self.weights.to(device=v.device, dtype=v.dtype).view(
+                1, 1, -1, 1)
         return {"v": torch.lerp(v, stored.to(v).expand_as(v), weight)}
 
 
@@ -204,7 +208,7 @@ def _observing(solver: str, times: tuple[float, ...], inputs: dict):
     def observed(model, x, sigmas, extra_args=None, callback=None, disable=None, check_interrupt=None):
         def evaluate(latent, sigma, **kwargs):
             time = float(sigma[0])
-            inputs[flux_family.evaluation_key(time, times, inverse=True)] = (latent.float().cpu().clone(), time)
+            inputs[flux_family.evaluation_key(time, times, inverse=True)] = (latent.to(device="cpu", dtype=torch.float32, copy=True), time)
             return model(latent, sigma, **kwargs)
 
         return function(evaluate, x, sigmas, extra_args, callback, disable, check_interrupt)

@@ -215,3 +215,22 @@ def test_the_feature_bank_node_in_on_the_fly_mode_gives_the_stored_translation(h
     live, stored = banks[bank_module.ON_THE_FLY], banks[bank_module.STORED]
     assert live.mode == bank_module.ON_THE_FLY and live.nbytes == 0 and stored.nbytes == live.stored_nbytes > 0
     assert torch.equal(outs[bank_module.ON_THE_FLY]["samples"], outs[bank_module.STORED]["samples"])
+
+
+def test_an_sd_model_refuses_a_flux_inversion_or_bank_naming_what_to_connect(host, models):
+    """The DDIM path given a FLUX value (PnP Feature Bank with a FLUX inversion, PnP Sampler and PnP Guider with a
+    FLUX bank, stored or on the fly) stops before any work with what to connect, on every host."""
+    flux_bank = _pack(host, "pnp_hooks.flux_bank")
+    errors = host.pack_module("pnp_hooks.errors")
+    model, clip, _ = models.load("sd15_reduced")
+    (prompt,) = run_node("CLIPTextEncode", clip=clip, text="a photo")
+    inversion = flux_bank.FluxInversion("Flux", "-", "rf-solver", (1.0, 0.0), torch.zeros(1, 16, 8, 8), {})
+    stored = flux_bank.FluxBank(inversion, (20,), 1, {}, 8)
+    live = flux_bank.FluxLiveBank(inversion, (20,), 1, _conditioning(SOURCE), torch.float32, 8, 128)
+    made_with = "was made with a FLUX model, but the MODEL connected is an SD one: connect the FLUX MODEL"
+    with pytest.raises(errors.PnPInputError, match=f"This inversion {made_with}"):
+        run_node("PnP_FeatureBank", model=model, inversion=inversion, conditioning=prompt)
+    for node in ("PnP_Sampler", "PnP_Guider"):
+        for bank in (stored, live):
+            with pytest.raises(errors.PnPInputError, match=f"This feature bank {made_with}"):
+                run_node(node, model=model, positive=prompt, negative=prompt, features=bank)

@@ -7,6 +7,7 @@ from comfy_api.v0_0_2 import io, ui
 
 from ..pnp_hooks import patcher, sampling
 from ..pnp_hooks.bank import BANK_MODES, STORAGE_DTYPES
+from ..pnp_hooks.families.flux import DEFAULT_EDIT, DEFAULT_QKV_RATIO
 from ..pnp_hooks.schedule import recorded_steps
 from ..pnp_hooks.sources import BATCH_MEMORY, ONE_FRAME
 from . import flux
@@ -38,6 +39,8 @@ def _bank_inputs() -> list:
             "again); 'all frames' records every frame now (frames x the bank's memory, reused by every sampler). "
             "One image: no difference.")),
         io.Int.Input("inject_steps", default=-1, min=-1, max=1000, optional=True, tooltip=flux.INJECT_TOOLTIP),
+        io.String.Input("flux_edit", default=DEFAULT_EDIT, optional=True, tooltip=flux.EDIT_TOOLTIP),
+        io.String.Input("qkv_ratio", default=DEFAULT_QKV_RATIO, optional=True, tooltip=flux.RATIO_TOOLTIP),
     ]
 
 
@@ -88,6 +91,7 @@ class PnPFeatureBank(io.ComfyNode):
         check_inputs(_bank_inputs(), inputs, LAYER_TEXT_CHECKS)
         if flux.is_flux(inputs["model"]):
             flux.check_layers(inputs["model"], inputs["resblock_layers"], inputs["attention_layers"])
+            flux.check_edit(inputs.get("flux_edit", DEFAULT_EDIT), inputs.get("qkv_ratio", DEFAULT_QKV_RATIO))
             return ["inversion"]
         resolve_layers(patcher.model_facts(inputs["model"]), inputs["resblock_layers"], inputs["attention_layers"])
         return ["inversion"]
@@ -95,11 +99,12 @@ class PnPFeatureBank(io.ComfyNode):
     @classmethod
     def execute(cls, model, inversion, conditioning, resblock_layers, attention_layers, feature_injection,
                 attention_injection, bank_dtype, batch_size, mode=BANK_MODES[0],
-                batch_memory=ONE_FRAME, inject_steps=-1) -> io.NodeOutput:
+                batch_memory=ONE_FRAME, inject_steps=-1, flux_edit=DEFAULT_EDIT,
+                qkv_ratio=DEFAULT_QKV_RATIO) -> io.NodeOutput:
         check_inputs(_bank_inputs(), locals(), LAYER_TEXT_CHECKS)  # locals(): the inputs, by name
         if flux.is_flux(model):
             bank, shown = flux.record(model, inversion, conditioning, resblock_layers, attention_layers, bank_dtype,
-                                      mode, inject_steps)
+                                      mode, inject_steps, flux_edit, qkv_ratio)
             return io.NodeOutput(bank, ui=ui.PreviewText(shown))
         flux.refuse_on_sd_model(inversion, "inversion")
         facts = patcher.model_facts(model)

@@ -9,7 +9,8 @@ mean on FLUX:
   official); ``inject_steps`` = how many leading denoising steps inject (-1 = the official default of the
   solver); ``bank_dtype``; ``mode`` "stored" records V now, "on the fly" records nothing now and computes each
   injected V during sampling (``flux_sampling.live_bank``); ``resblock_layers`` must be "auto" or empty (FLUX has
-  no ResBlocks).
+  no ResBlocks); ``flux_edit`` and ``qkv_ratio`` = FireFlow's ``--editing_strategy`` and ``--qkv_ratio`` (the
+  default, replace_v at ratio 1, is ``--reuse_v 1``; anything else ``--reuse_v 0``; ``families.flux.edit_of``).
 - PnP Sampler: the target prompt's FLUX guidance comes from its conditioning (FluxGuidance; the examples use 2);
   ``cfg``, ``feature_injection`` and ``attention_injection`` are the DDIM path's and not read; the bank's steps
   are all injected. ``mask`` (with ``outside_mask_strength``) and ``injection_strength`` blend the recorded V with
@@ -36,6 +37,14 @@ SOLVER_TOOLTIP = (
 INJECT_TOOLTIP = (
     "FLUX only: leading denoising steps that inject the recorded V; -1 = the official default (rf-solver and "
     "euler 3, fireflow 1). SD uses feature_injection / attention_injection.")
+EDIT_TOOLTIP = (
+    f"FLUX only: FireFlow's editing strategies, comma-separated among {', '.join(flux_family.EDIT_STRATEGIES)}. "
+    f"replace puts the source's tensor in place of the target's, add adds it; q, k or v (at the single blocks of "
+    f"attention_layers). Default {flux_family.DEFAULT_EDIT} (RF-Solver-Edit; FireFlow --reuse_v 1); FireFlow's "
+    f"'better instruction following': add_q.")
+RATIO_TOOLTIP = (
+    "FLUX only: FireFlow's --qkv_ratio, three numbers: the scales of the recorded q, k and v "
+    f"(default {flux_family.DEFAULT_QKV_RATIO}).")
 
 
 def is_flux(model) -> bool:
@@ -59,16 +68,23 @@ def check_layers(model, resblock_layers: str, attention_layers: str) -> tuple[in
     return flux_family.blocks_of(_block_spec(attention_layers), layout, "attention_layers")
 
 
+def check_edit(flux_edit: str, qkv_ratio: str) -> flux_family.FluxEdit:
+    """The FireFlow strategy the inputs name (refused before the inversion runs)."""
+    return flux_family.edit_of(flux_edit, qkv_ratio)
+
+
 def _block_spec(attention_layers: str) -> str:
     """The single blocks ``attention_layers`` names ("auto": the official 20-37)."""
     return flux_family.DEFAULT_BLOCKS if attention_layers.strip().lower() == "auto" else attention_layers
 
 
 def record(model, inversion, conditioning, resblock_layers: str, attention_layers: str, bank_dtype: str,
-           mode: str, inject_steps: int) -> tuple[FluxBank | FluxLiveBank, str]:
-    """PnP Feature Bank on FLUX: V at the chosen single blocks for the injecting steps, recorded now from the stored
-    inversion (mode stored) or during sampling (on the fly); returns the bank and what the node shows of it
-    (``summary``)."""
+           mode: str, inject_steps: int, flux_edit: str = flux_family.DEFAULT_EDIT,
+           qkv_ratio: str = flux_family.DEFAULT_QKV_RATIO) -> tuple[FluxBank | FluxLiveBank, str]:
+    """PnP Feature Bank on FLUX: V (or what ``flux_edit`` names) at the chosen single blocks for the injecting steps,
+    recorded now from the stored inversion (mode stored) or during sampling (on the fly); returns the bank and what
+    the node shows of it (``summary``)."""
+    edit = check_edit(flux_edit, qkv_ratio)
     if not isinstance(inversion, FluxInversion):
         raise PnPInputError("This inversion was made with DDIM (an SD model); connect a PnP DDIM Inversion run on "
                             "this FLUX model.")
@@ -77,23 +93,29 @@ def record(model, inversion, conditioning, resblock_layers: str, attention_layer
     spec = _block_spec(attention_layers)
     make = flux_sampling.live_bank if mode == ON_THE_FLY else flux_sampling.record_bank
     bank = make(model, inversion, conditioning, blocks=spec, inject=min(inject, inversion.steps),
-                storage_dtype=STORAGE_DTYPES[bank_dtype])
+                storage_dtype=STORAGE_DTYPES[bank_dtype], edit=edit)
     log.info("PnP FLUX bank: %s", bank.summary())
     return bank, summary(bank, bank_dtype, spec)
 
 
 def summary(bank: FluxBank | FluxLiveBank, bank_dtype: str, blocks: str) -> str:
     """What a FLUX bank holds, as PnP Feature Bank shows it, in the SD bank's form (ResBlock + attention steps of
-    the steps, sites, size; then the layers and the image): V only, so no ResBlock step. On the fly: the peak (one
-    evaluation's V) and the extra model calls. ``blocks``: the single blocks as the user named them."""
+    the steps, sites, size; then the tensors, layers and strategy, and the image): no ResBlock step. On the fly: the
+    peak (one evaluation's tensors) and the extra model calls. ``blocks``: the single blocks as the user named
+    them."""
     if isinstance(bank, FluxLiveBank):
         size = (f"on the fly: {bank.peak_nbytes / 1e6:.1f} MB {bank_dtype} at a time, "
                 f"+{len(bank.source_keys)} model calls")
     else:
         size = f"{bank.nbytes / 1e6:.1f} MB {bank_dtype}"
     return (f"0 + {bank.inject} of {bank.steps} steps, {len(bank.blocks)} sites, {size}\n"
-            f"V of single blocks {blocks} ({bank.solver})\n"
+            f"{bank.edit.tensors()} of single blocks {blocks} ({bank.solver}{_strategy(bank)})\n"
             f"FLUX guidance image, {pixel_size(tuple(bank.inverted.shape))}")
+
+
+def _strategy(bank: FluxBank | FluxLiveBank) -> str:
+    """The FireFlow strategy after the solver, none for the default."""
+    return "" if bank.edit == flux_family.FluxEdit() else f"; {bank.edit.describe()}"
 
 
 FLUX_VALUES = (FluxBank, FluxLiveBank, FluxInversion)

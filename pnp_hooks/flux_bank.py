@@ -7,7 +7,9 @@ inputs, V can be recorded again later at other blocks or steps, bit for bit what
 
 ``FluxBank`` (mode "stored"): V keyed ``(j, second, block)``. Only the ``inject`` noisiest intervals are recorded,
 and only at the chosen single-stream blocks: what the denoising pass reads, nothing more. Tensors are (1, heads,
-text + image tokens, head_dim) in the bank's dtype on the device ComfyUI keeps intermediates on.
+text + image tokens, head_dim) in the bank's dtype on the device ComfyUI keeps intermediates on. A FireFlow editing
+strategy (``edit``, ``families.flux.FluxEdit``) records the q, k and/or V it names instead, each times its ratio:
+V under the same key, q and k under that key and their letter (``tensor_key``).
 
 ``FluxLiveBank`` (mode "on the fly", ``bank.ON_THE_FLY``): the same choice of blocks and steps with no V at all.
 The denoising pass computes, just before each evaluation that injects, the V of the inversion's evaluation under
@@ -15,8 +17,8 @@ the same key (one model call on the stored input, source prompt, guidance 1), in
 evaluation's V in memory at a time, at one model call per injected evaluation.
 
 Memory (``families.flux.bank_bytes``): an evaluation's V at the chosen blocks is (text + image tokens) x hidden x
-blocks x bytes an element; stored holds that for every recorded evaluation (rf-solver 2 a step, fireflow and euler
-1), on the fly for one at a time.
+blocks x bytes an element (q and k the same again each, when the strategy records them); stored holds that for
+every recorded evaluation (rf-solver 2 a step, fireflow and euler 1), on the fly for one at a time.
 
 Pure: no ComfyUI imports.
 """
@@ -34,7 +36,13 @@ from .bank import ON_THE_FLY, STORED
 from .errors import PnPInputError
 from .families import flux as flux_family
 
-Key = tuple[int, bool, int]
+Key = tuple[int, bool, int]  # (interval j, second, block): V's key
+
+
+def tensor_key(interval: int, second: bool, block: int, which: str = "v") -> tuple:
+    """The bank key of ``which`` ("q", "k" or "v") at an evaluation and block: V under (j, second, block), as every
+    bank of the default strategy holds it; q and k under that key and their letter."""
+    return (interval, second, block) if which == "v" else (interval, second, block, which)
 
 
 @dataclass(frozen=True)
@@ -112,8 +120,9 @@ class FluxBank(_OfInversion):
     inversion: FluxInversion
     blocks: tuple[int, ...]  # single-stream blocks recorded
     inject: int  # intervals 0 .. inject-1 recorded (the first ``inject`` denoising steps)
-    values: Mapping[Key, torch.Tensor]  # read-only
+    values: Mapping[tuple, torch.Tensor]  # read-only, keyed by ``tensor_key``
     source_tokens: int  # text tokens of the source conditioning
+    edit: flux_family.FluxEdit = flux_family.FluxEdit()  # what was recorded, and how sampling uses it
 
     def __post_init__(self):
         object.__setattr__(self, "values", MappingProxyType(dict(self.values)))
@@ -122,16 +131,18 @@ class FluxBank(_OfInversion):
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.values.values())
 
-    def value(self, interval: int, second: bool, block: int) -> torch.Tensor | None:
-        """The V recorded under the key, or None (nothing recorded there: the target keeps its own)."""
-        return self.values.get((interval, second, block))
+    def value(self, interval: int, second: bool, block: int, which: str = "v") -> torch.Tensor | None:
+        """The ``which`` ("q", "k", "v") recorded under the key, or None (nothing recorded there: the target keeps
+        its own)."""
+        return self.values.get(tensor_key(interval, second, block, which))
 
     def summary(self) -> str:
-        """What the bank holds, as a node shows it: mode, steps, blocks, evaluations, bytes."""
+        """What the bank holds, as a node shows it: mode, steps, blocks, evaluations, strategy, tensors, bytes."""
         evaluations = len({key[:2] for key in self.values})
         dtype = _dtype_name(next(iter(self.values.values())).dtype) if self.values else "-"
         return (f"FLUX, stored: {self.solver} {self.steps} steps, inject {self.inject}, {len(self.blocks)} single "
-                f"blocks, {evaluations} evaluations, {self.nbytes / 1e6:.1f} MB {dtype}")
+                f"blocks, {evaluations} evaluations, {self.edit.describe()}: {len(self.values)} tensors "
+                f"({self.edit.tensors()}), {self.nbytes / 1e6:.1f} MB {dtype}")
 
 
 @dataclass(frozen=True)
@@ -148,17 +159,18 @@ class FluxLiveBank(_OfInversion):
     storage_dtype: torch.dtype  # V's dtype between its source call and its injection (as a stored bank's)
     source_tokens: int  # text tokens of the source conditioning
     hidden_size: int  # the transformer's width: heads x head_dim, the size of one token's V
+    edit: flux_family.FluxEdit = flux_family.FluxEdit()  # what each source call records, and how sampling uses it
 
     @property
-    def values(self) -> Mapping[Key, torch.Tensor]:
+    def values(self) -> Mapping[tuple, torch.Tensor]:
         return MappingProxyType({})
 
     @property
     def nbytes(self) -> int:
-        """Bytes of V the bank holds: none."""
+        """Bytes the bank holds: none."""
         return 0
 
-    def value(self, interval: int, second: bool, block: int) -> None:
+    def value(self, interval: int, second: bool, block: int, which: str = "v") -> None:
         return None
 
     @property
@@ -172,14 +184,16 @@ class FluxLiveBank(_OfInversion):
 
     @property
     def evaluation_nbytes(self) -> int:
-        """Bytes of one evaluation's V at the chosen blocks: what the denoising pass holds at most."""
+        """Bytes of one evaluation's recorded tensors (V; q, k too if the strategy names them) at the chosen blocks:
+        what the denoising pass holds at most."""
         tokens = self.source_tokens + self.inversion.image_tokens
         element = torch.empty((), dtype=self.storage_dtype).element_size()
-        return flux_family.bank_bytes(tokens, self.hidden_size, len(self.blocks), 1, 1, element)
+        return len(self.edit.recorded) * flux_family.bank_bytes(tokens, self.hidden_size, len(self.blocks), 1, 1,
+                                                                element)
 
     @property
     def peak_nbytes(self) -> int:
-        """Bytes of V held at once while sampling: one evaluation's, or none when nothing is injected."""
+        """Bytes held at once while sampling: one evaluation's tensors, or none when nothing is injected."""
         return self.evaluation_nbytes if self.source_keys else 0
 
     @property
@@ -191,6 +205,7 @@ class FluxLiveBank(_OfInversion):
     def summary(self) -> str:
         """What the bank holds, as a node shows it: nothing stored, the peak while sampling and the extra calls."""
         return (f"FLUX, on the fly: {self.solver} {self.steps} steps, inject {self.inject}, {len(self.blocks)} "
-                f"single blocks: nothing stored; sampling holds one evaluation's V at a time "
+                f"single blocks, {self.edit.describe()}: nothing stored; sampling holds one evaluation's "
+                f"{self.edit.tensors()} at a time "
                 f"({self.peak_nbytes / 1e6:.1f} MB {_dtype_name(self.storage_dtype)}, stored would be "
                 f"{self.stored_nbytes / 1e6:.1f} MB) for {len(self.source_keys)} extra model calls")

@@ -6,7 +6,9 @@ MODEL, with a ``flow_solvers`` KSAMPLER function over the official schedule (``f
 - ``invert``: from t = 0 to 1 with the source conditioning at FLUX guidance 1; an ``attn1_patch`` records
   V (single-stream blocks, (B, heads, text + image tokens, head_dim)) of the evaluations of the ``inject``
   noisiest intervals into a ``FluxBank`` (immutable), keyed by interval and first/second evaluation, both
-  found from the sigma ComfyUI passes (``families.flux.evaluation_key``), never from a call counter.
+  found from the sigma ComfyUI passes (``families.flux.evaluation_key``), never from a call counter. A FireFlow
+  editing strategy (``families.flux.FluxEdit``) records the q (after the QK norm), k and/or V it names instead,
+  times their ratios; the denoising pass replaces or adds them in the official order (``_VPatch``).
 - ``sample``: from the inverted noise (t = 1 to 0) with the target conditioning at the user's guidance; the
   ``attn1_patch`` returns ``{"v": recorded V}`` wherever the bank holds one under the evaluation's key. With a
   mask or an injection strength below 1 it returns a blend instead, ``lerp(own V, recorded V, w)`` per token
@@ -40,7 +42,7 @@ import latent_preview
 from . import families, flow_solvers, host_api, patcher
 from .errors import PnPInputError
 from .families import flux as flux_family
-from .flux_bank import FluxBank, FluxInversion, FluxLiveBank
+from .flux_bank import FluxBank, FluxInversion, FluxLiveBank, tensor_key
 from .injection import mask_at_resolution
 from .live_source import SOURCE_COND, check_conditioning
 
@@ -124,16 +126,19 @@ def _velocity_sampling(model):
 
 class _VPatch:
     """The ``attn1_patch`` on FLUX single blocks: records V into ``recorded`` (inversion) or puts the bank's V in
-    place of the target's (denoising). One per pass, on that pass's clone only."""
+    place of the target's (denoising). One per pass, on that pass's clone only. Under a FireFlow strategy
+    (``edit``; denoising: the bank's) it records the q, k, V the strategy names, each times its ratio, and applies
+    the strategies in the official order: replace (``lerp(own, recorded, w)``) or add (``own + w * recorded``)."""
 
     def __init__(self, times: tuple[float, ...], blocks: tuple[int, ...], inverse: bool, inject: int,
                  bank: FluxBank | None = None, storage_dtype: torch.dtype = torch.float32,
-                 weights: torch.Tensor | None = None):
+                 weights: torch.Tensor | None = None, edit: flux_family.FluxEdit = flux_family.FluxEdit()):
         self.times, self.blocks, self.inverse, self.inject = times, frozenset(blocks), inverse, inject
         self.bank, self.storage_dtype = bank, storage_dtype
+        self.edit = bank.edit if bank is not None else edit
         self.weights = weights  # None: replace V; else (text + image tokens,) blend weights (``token_weights``)
         self._weights_at: dict[tuple, torch.Tensor] = {}  # the weights on each (device, dtype) V came in, made once
-        self.recorded: dict[tuple[int, bool, int], torch.Tensor] = {}
+        self.recorded: dict[tuple, torch.Tensor] = {}  # keyed by ``flux_bank.tensor_key``
         self.injected: list[tuple[int, bool, int]] = []
 
     def __deepcopy__(self, memo):
@@ -148,27 +153,41 @@ class _VPatch:
         if key is None or key[0] >= self.inject:
             return {}
         key = key + (block,)
+        own = {"q": q, "k": k, "v": v}
         if self.inverse:
             device = comfy.model_management.intermediate_device()
-            self.recorded[key] = v.detach().to(device=device, dtype=self.storage_dtype, copy=True)  # one copy
+            for which in self.edit.recorded:
+                scale = self.edit.scale(which)
+                tensor = own[which] if scale == 1.0 else own[which] * scale  # ratio 1 (the default): as it is
+                self.recorded[tensor_key(*key, which)] = tensor.detach().to(device=device, dtype=self.storage_dtype,
+                                                                            copy=True)  # one copy
             return {}
-        stored = self.bank.value(*key)
-        if stored is None:
-            return {}
-        if stored.shape[-2] != v.shape[-2]:
-            raise PnPInputError(
-                f"The target conditioning gives {v.shape[-2] - (stored.shape[-2] - self.bank.source_tokens)} text "
-                f"tokens; the source had {self.bank.source_tokens}. Encode both prompts with the same text "
-                f"encoder settings.")
-        self.injected.append(key)
+        out = {}
+        for strategy in self.edit.strategies:
+            action, which = strategy.split("_")
+            stored = self.bank.value(*key, which)
+            if stored is None:
+                continue
+            if stored.shape[-2] != v.shape[-2]:
+                raise PnPInputError(
+                    f"The target conditioning gives {v.shape[-2] - (stored.shape[-2] - self.bank.source_tokens)} "
+                    f"text tokens; the source had {self.bank.source_tokens}. Encode both prompts with the same text "
+                    f"encoder settings.")
+            out[which] = own[which] = self._apply(action, own[which], stored.to(v).expand_as(v))
+        if out:
+            self.injected.append(key)
+        return out
+
+    def _apply(self, action: str, own: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+        """``action`` ("replace", "add") of the recorded ``stored`` on the target's ``own``, weighted per token."""
         if self.weights is None:
-            return {"v": stored.to(v).expand_as(v)}
-        # lerp is exact at both ends: weight 1 gives the recorded V, weight 0 the target's own
-        weight = self._weights_at.get((v.device, v.dtype))
+            return stored if action == "replace" else own + stored
+        weight = self._weights_at.get((own.device, own.dtype))
         if weight is None:  # not moved again in each block of each evaluation
-            weight = self._weights_at[(v.device, v.dtype)] = self.weights.to(device=v.device, dtype=v.dtype).view(
-                1, 1, -1, 1)
-        return {"v": torch.lerp(v, stored.to(v).expand_as(v), weight)}
+            weight = self._weights_at[(own.device, own.dtype)] = self.weights.to(device=own.device,
+                                                                                 dtype=own.dtype).view(1, 1, -1, 1)
+        # lerp is exact at both ends: weight 1 gives the recorded tensor, weight 0 the target's own
+        return torch.lerp(own, stored, weight) if action == "replace" else own + weight * stored
 
 
 def _clone(model, patch: _VPatch):
@@ -224,11 +243,12 @@ def _check_recording(solver: str, steps: int, inject: int) -> None:
 
 
 def invert(model, samples: torch.Tensor, conditioning, steps: int, solver: str = flow_solvers.RF_SOLVER,
-           blocks: str = flux_family.DEFAULT_BLOCKS, inject: int = 0,
-           storage_dtype: torch.dtype = torch.float32) -> FluxBank:
+           blocks: str = flux_family.DEFAULT_BLOCKS, inject: int = 0, storage_dtype: torch.dtype = torch.float32,
+           edit: flux_family.FluxEdit = flux_family.FluxEdit()) -> FluxBank:
     """Invert a LATENT (1, 16, H, W) from t = 0 to 1 (source ``conditioning``, guidance 1), as the official code:
-    V at the single ``blocks`` is recorded in the same pass for the first ``inject`` denoising steps (``inject`` 0:
-    none; ``record_bank`` records from ``bank.inversion`` later). Returns the bank ``sample`` translates from."""
+    V (or what the FireFlow strategy ``edit`` names) at the single ``blocks`` is recorded in the same pass for the
+    first ``inject`` denoising steps (``inject`` 0: none; ``record_bank`` records from ``bank.inversion`` later).
+    Returns the bank ``sample`` translates from."""
     layout = check_model(model)
     _check_latent(samples, model)
     _check_recording(solver, steps, inject)
@@ -237,13 +257,13 @@ def invert(model, samples: torch.Tensor, conditioning, steps: int, solver: str =
     tokens = flux_family.image_tokens(tuple(samples.shape[-2:]))
     times = flux_family.schedule(steps, tokens, shift=flux_family.is_distilled_guidance(variant))
     as_floats = tuple(float(t) for t in times)
-    patch = _VPatch(as_floats, chosen, inverse=True, inject=inject, storage_dtype=storage_dtype)
+    patch = _VPatch(as_floats, chosen, inverse=True, inject=inject, storage_dtype=storage_dtype, edit=edit)
     source = _with_guidance(conditioning, flux_family.INVERSION_GUIDANCE)
     inputs = {}
     inverted, _ = _run(_clone(model, patch), source, _observing(solver, as_floats, inputs), torch.zeros_like(samples),
                        samples, times.flip(0), steps)
     inversion = FluxInversion(variant, _fingerprint(model), solver, as_floats, inverted, inputs)
-    return FluxBank(inversion, chosen, inject, patch.recorded, int(conditioning[0][0].shape[1]))
+    return FluxBank(inversion, chosen, inject, patch.recorded, int(conditioning[0][0].shape[1]), edit)
 
 
 def _replay(model, x, sigmas, extra_args=None, callback=None, disable=None, check_interrupt=None, inputs=()):
@@ -260,15 +280,17 @@ def _replay(model, x, sigmas, extra_args=None, callback=None, disable=None, chec
 
 
 def record_bank(model, inversion: FluxInversion, conditioning, blocks: str = flux_family.DEFAULT_BLOCKS,
-                inject: int = 3, storage_dtype: torch.dtype = torch.float32) -> FluxBank:
-    """Record V at the single ``blocks`` for the first ``inject`` denoising steps from a stored inversion: the model
-    runs again on the inputs the inversion evaluated (source ``conditioning``, guidance 1), so the bank is the one
-    the inversion would have recorded (bit for bit on the same device), at one model call per recorded evaluation."""
+                inject: int = 3, storage_dtype: torch.dtype = torch.float32,
+                edit: flux_family.FluxEdit = flux_family.FluxEdit()) -> FluxBank:
+    """Record V (or what the FireFlow strategy ``edit`` names) at the single ``blocks`` for the first ``inject``
+    denoising steps from a stored inversion: the model runs again on the inputs the inversion evaluated (source
+    ``conditioning``, guidance 1), so the bank is the one the inversion would have recorded (bit for bit on the same
+    device), at one model call per recorded evaluation."""
     layout = check_model(model)
     inversion.check_model(families.variant_of(model), _fingerprint(model))
     _check_recording(inversion.solver, inversion.steps, inject)
     chosen = flux_family.blocks_of(blocks, layout)
-    patch = _VPatch(inversion.times, chosen, inverse=True, inject=inject, storage_dtype=storage_dtype)
+    patch = _VPatch(inversion.times, chosen, inverse=True, inject=inject, storage_dtype=storage_dtype, edit=edit)
     wanted = [inversion.inputs[key] for key in sorted(inversion.inputs) if key[0] < inject] if chosen else []
     if wanted:
         source = _with_guidance(conditioning, flux_family.INVERSION_GUIDANCE)
@@ -276,11 +298,12 @@ def record_bank(model, inversion: FluxInversion, conditioning, blocks: str = flu
         replay = partial(_replay, inputs=tuple(wanted))
         sigmas = torch.tensor([time for _, time in wanted] + [0.0], dtype=torch.float32)
         _run(_clone(model, patch), source, replay, torch.zeros(shape), torch.zeros(shape), sigmas, len(wanted))
-    return FluxBank(inversion, chosen, inject, patch.recorded, int(conditioning[0][0].shape[1]))
+    return FluxBank(inversion, chosen, inject, patch.recorded, int(conditioning[0][0].shape[1]), edit)
 
 
 def live_bank(model, inversion: FluxInversion, conditioning, blocks: str = flux_family.DEFAULT_BLOCKS,
-              inject: int = 3, storage_dtype: torch.dtype = torch.float32) -> FluxLiveBank:
+              inject: int = 3, storage_dtype: torch.dtype = torch.float32,
+              edit: flux_family.FluxEdit = flux_family.FluxEdit()) -> FluxLiveBank:
     """The bank "on the fly" (``bank.ON_THE_FLY``) of a stored inversion: ``record_bank``'s arguments, nothing
     recorded now. ``sample`` computes the V of each injected evaluation just before the denoising evaluation that
     reads it: one model call on the inversion's stored input under that key with the source ``conditioning`` (one
@@ -294,20 +317,21 @@ def live_bank(model, inversion: FluxInversion, conditioning, blocks: str = flux_
     check_conditioning(conditioning)
     chosen = flux_family.blocks_of(blocks, layout)
     return FluxLiveBank(inversion, chosen, inject, conditioning, storage_dtype, int(conditioning[0][0].shape[1]),
-                        layout.hidden_size)
+                        layout.hidden_size, edit)
 
 
 class _LiveSource:
-    """Per-run state of an on-the-fly bank's denoising pass (made by ``sample``, dropped with it): the V of the
-    evaluation about to run, which ``_VPatch`` reads through ``value`` as it reads a stored bank."""
+    """Per-run state of an on-the-fly bank's denoising pass (made by ``sample``, dropped with it): the V (or the
+    strategy's tensors) of the evaluation about to run, which ``_VPatch`` reads through ``value`` as it reads a
+    stored bank."""
 
     def __init__(self, bank: FluxLiveBank, active: bool):
-        self.bank, self.source_tokens = bank, bank.source_tokens
+        self.bank, self.source_tokens, self.edit = bank, bank.source_tokens, bank.edit
         self.keys = frozenset(bank.source_keys) if active else frozenset()
-        self.current: dict[tuple[int, bool, int], torch.Tensor] = {}
+        self.current: dict[tuple, torch.Tensor] = {}
 
-    def value(self, interval: int, second: bool, block: int) -> torch.Tensor | None:
-        return self.current.get((interval, second, block))
+    def value(self, interval: int, second: bool, block: int, which: str = "v") -> torch.Tensor | None:
+        return self.current.get(tensor_key(interval, second, block, which))
 
     def solver(self, injecting: _VPatch):
         """The bank's solver as a KSAMPLER function that computes each injected evaluation's V just before it."""
@@ -335,7 +359,7 @@ class _LiveSource:
         (what ``record_bank``'s replay runs)."""
         latent, time = self.bank.inversion.inputs[key]
         recording = _VPatch(self.bank.times, self.bank.blocks, inverse=True, inject=self.bank.inject,
-                            storage_dtype=self.bank.storage_dtype)
+                            storage_dtype=self.bank.storage_dtype, edit=self.bank.edit)
         transformer_options = dict(model_options.get("transformer_options", {}))
         patches = dict(transformer_options.get("patches", {}))
         patches["attn1_patch"] = [p for p in patches.get("attn1_patch", []) if p is not injecting] + [recording]

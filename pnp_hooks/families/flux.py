@@ -8,7 +8,8 @@ recorded V in place of the target's in the first ``inject`` steps.
 Sites: an ``attn_v`` site ``i`` is the V of single-stream block ``single_blocks[i]``, after the QK norm,
 before RoPE, on the whole joint sequence (text tokens first): (B, heads, text + image tokens, head_dim).
 ComfyUI (>= 0.33) reaches it through ``attn1_patch`` with ``block_type`` "single" and ``block_index`` i; a
-patch returning ``{"v": tensor}`` substitutes it.
+patch returning ``{"v": tensor}`` substitutes it. FireFlow's editing strategies (``FluxEdit``) record, replace or
+add q (after the QK norm, before RoPE) and k at the same place.
 
 Schedule: the official ``get_schedule`` (``linspace(1, 0, N + 1)``, time-shifted for dev by the image's
 token count, not for schnell); sigma = t (ComfyUI's flow models); the model's velocity v gives
@@ -25,6 +26,7 @@ Pure: reads the objects ComfyUI hands it, imports nothing of ComfyUI.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -208,3 +210,60 @@ def bank_bytes(tokens: int, hidden_size: int, blocks: int, evaluations: int, ste
     hidden 3,072), blocks 20-37, RF-Solver, bf16: 1,019,215,872 bytes a step, the official store's figure.
     """
     return tokens * hidden_size * blocks * evaluations * steps * bytes_per_element
+
+
+# ---------------------------------------------------------------- editing strategies (FireFlow)
+
+# FireFlow's editing strategies, in the order its denoising pass applies them (FF:layers.py:258-278); each names the
+# tensor it records (the strategy's last letter) and what the denoising pass does with it.
+EDIT_STRATEGIES = ("replace_v", "add_v", "replace_k", "add_k", "replace_q", "add_q")
+QKV = ("q", "k", "v")  # the order of qkv_ratio
+DEFAULT_EDIT = "replace_v"  # FireFlow's default (--reuse_v 1) and RF-Solver-Edit's only strategy
+DEFAULT_QKV_RATIO = "1.0,1.0,1.0"
+
+
+@dataclass(frozen=True)
+class FluxEdit:
+    """What a FLUX bank records at a single block and what the denoising pass does with it: FireFlow's
+    ``--editing_strategy`` (``strategies``, in the official order) and ``--qkv_ratio`` (the scale of the recorded
+    q, k, v). The default (replace_v, ratios 1) is ``--reuse_v 1``: V recorded as it is and put in place."""
+
+    strategies: tuple[str, ...] = (DEFAULT_EDIT,)
+    ratio: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    @property
+    def recorded(self) -> tuple[str, ...]:
+        """The tensors recorded ("q", "k", "v", those a strategy names; the official's substring test)."""
+        return tuple(which for which in QKV if any(s.endswith(which) for s in self.strategies))
+
+    def scale(self, which: str) -> float:
+        """The factor ``which`` is recorded with (FF:layers.py:251-256)."""
+        return self.ratio[QKV.index(which)]
+
+    def tensors(self) -> str:
+        """The recorded tensors as the summaries name them: "V", "q, k", "k, V"."""
+        return ", ".join(which.upper() if which == "v" else which for which in self.recorded)
+
+    def describe(self) -> str:
+        """The strategies, and the ratios when any is not 1: "add_q, add_k" or "replace_v, ratio 1,1,0.8"."""
+        ratio = "" if self.ratio == (1.0, 1.0, 1.0) else ", ratio " + ",".join(f"{r:g}" for r in self.ratio)
+        return ", ".join(self.strategies) + ratio
+
+
+def edit_of(flux_edit: str, qkv_ratio: str) -> FluxEdit:
+    """PnP Feature Bank's ``flux_edit`` ("replace_v", "add_q,add_k"; FireFlow's "add_q replace_v" too) and
+    ``qkv_ratio`` ("1.0,1.0,1.0") as a ``FluxEdit``; PnPInputError naming the valid values otherwise."""
+    tokens = [token for token in re.split(r"[,\s]+", flux_edit.lower()) if token]  # FireFlow's own: spaces
+    unknown = [token for token in tokens if token not in EDIT_STRATEGIES]
+    if unknown or not tokens:
+        raise PnPInputError(f"flux_edit takes a comma-separated choice among {', '.join(EDIT_STRATEGIES)} (the "
+                            f"official default: {DEFAULT_EDIT}); got {flux_edit!r}.")
+    parts = qkv_ratio.split(",")
+    try:
+        ratio = tuple(float(part) for part in parts)
+    except ValueError:
+        ratio = ()
+    if len(ratio) != 3 or not all(math.isfinite(r) for r in ratio):
+        raise PnPInputError(f"qkv_ratio takes three finite numbers, the scales of the recorded q, k and v (the "
+                            f"official default: {DEFAULT_QKV_RATIO}); got {qkv_ratio!r}.")
+    return FluxEdit(tuple(s for s in EDIT_STRATEGIES if s in tokens), ratio)

@@ -229,14 +229,17 @@ def test_flux_workflow_loads_flux_as_users_do_with_the_official_defaults(name):
 
 
 def test_the_flux_widgets_are_optional_and_last_so_files_saved_before_them_open(host):
-    """PnP DDIM Inversion's ``solver`` and PnP Feature Bank's ``inject_steps`` came after workflows were saved:
-    each is its node's last input and optional, so a file saved without them (its widgets_values one short) opens
-    with the default in that widget and an API prompt without them is still complete."""
+    """PnP DDIM Inversion's ``solver`` and PnP Feature Bank's ``inject_steps`` came after workflows were saved, and
+    PnP Feature Bank's ``flux_edit`` and ``qkv_ratio`` after ``inject_steps``: they are their node's last inputs,
+    in that order, and optional, so a file saved without them (its widgets_values short of them) opens with the
+    defaults in those widgets and an API prompt without them is still complete."""
     import nodes
 
-    for node_id, name, default in (("PnP_DDIMInversion", "solver", "rf-solver"),
-                                   ("PnP_FeatureBank", "inject_steps", -1)):
-        inputs = nodes.NODE_CLASS_MAPPINGS[node_id].GET_SCHEMA().inputs
-        assert (inputs[-1].id, inputs[-1].optional, inputs[-1].default) == (name, True, default), node_id
-        required = nodes.NODE_CLASS_MAPPINGS[node_id].INPUT_TYPES()["required"]
-        assert name not in required, node_id
+    for node_id, added in (("PnP_DDIMInversion", [("solver", "rf-solver")]),
+                           ("PnP_FeatureBank", [("inject_steps", -1), ("flux_edit", "replace_v"),
+                                                ("qkv_ratio", "1.0,1.0,1.0")])):
+        inputs = nodes.NODE_CLASS_MAPPINGS[node_id].GET_SCHEMA().inputs[-len(added):]
+        for (name, default), item in zip(added, inputs):
+            assert (item.id, item.optional, item.default) == (name, True, default), node_id
+            required = nodes.NODE_CLASS_MAPPINGS[node_id].INPUT_TYPES()["required"]
+            assert name not in required, node_id

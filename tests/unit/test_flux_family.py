@@ -155,3 +155,34 @@ def test_the_bank_is_immutable_and_checks_its_model():
     bank.check_model("Flux", "abc")
     with pytest.raises(errors.PnPInputError, match=r"This FLUX bank was made with another model \(Flux\); connect"):
         bank.check_model("FluxSchnell", "abc")
+
+
+def test_fireflow_strategies_are_read_in_the_official_order_and_checked():
+    """``flux_edit`` / ``qkv_ratio`` (FireFlow's --editing_strategy / --qkv_ratio): strategies kept in the order the
+    official code applies them, the tensors they name recorded, FireFlow's space-separated strings accepted, a
+    token or ratio it cannot read refused naming what it takes; the default is ``FluxEdit()`` (--reuse_v 1)."""
+    edit = flux.edit_of("add_q, replace_v add_k", "0.5,2,1")
+    assert edit.strategies == ("replace_v", "add_k", "add_q") and edit.ratio == (0.5, 2.0, 1.0)
+    assert edit.recorded == ("q", "k", "v") and [edit.scale(w) for w in "qkv"] == [0.5, 2.0, 1.0]
+    assert edit.tensors() == "q, k, V" and edit.describe() == "replace_v, add_k, add_q, ratio 0.5,2,1"
+    default = flux.edit_of(flux.DEFAULT_EDIT, flux.DEFAULT_QKV_RATIO)
+    assert default == flux.FluxEdit() and default.recorded == ("v",) and default.describe() == "replace_v"
+    assert flux.edit_of("replace_k", "1,1,1").recorded == ("k",)
+    for text in ("replace_x", "replace_v,bad", "", " , ", "add q"):
+        with pytest.raises(errors.PnPInputError, match="flux_edit takes a comma-separated choice among replace_v, "
+                                                       "add_v, replace_k, add_k, replace_q, add_q"):
+            flux.edit_of(text, "1,1,1")
+    for text in ("1,1", "1,1,1,1", "1,nan,1", "1,x,1", ""):
+        with pytest.raises(errors.PnPInputError, match="qkv_ratio takes three finite numbers"):
+            flux.edit_of("add_v", text)
+
+
+def test_a_strategys_tensors_are_keyed_by_their_letter_v_as_before():
+    """V under (interval, second, block) as every bank of the default strategy; q and k with their letter."""
+    assert flux_bank.tensor_key(0, True, 20) == flux_bank.tensor_key(0, True, 20, "v") == (0, True, 20)
+    assert flux_bank.tensor_key(0, True, 20, "q") == (0, True, 20, "q")
+    inversion = flux_bank.FluxInversion("Flux", "abc", "fireflow", (1.0, 0.5, 0.0), torch.zeros(1, 16, 2, 2), {})
+    values = {(0, True, 20, "q"): torch.ones(1, 1, 3, 4), (0, True, 20, "k"): torch.zeros(1, 1, 3, 4)}
+    bank = flux_bank.FluxBank(inversion, (20,), 1, values, 1, flux.edit_of("add_q,add_k", "1,1,1"))
+    assert torch.equal(bank.value(0, True, 20, "q"), torch.ones(1, 1, 3, 4)) and bank.value(0, True, 20) is None
+    assert bank.nbytes == 96 and "add_k, add_q: 2 tensors (q, k)" in bank.summary()

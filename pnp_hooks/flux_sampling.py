@@ -14,6 +14,10 @@ MODEL, with a ``flow_solvers`` KSAMPLER function over the official schedule (``f
   weight map (``masks.injection_weight_map``) area-averaged over their patch, times the strength; text tokens,
   which have no place in the image, take the strength times the map's largest weight (the strength itself for
   any mask that is 1 somewhere; 0 for a mask of zeros with outside strength 0, so such a mask injects nothing).
+- ``guider`` (PnP Guider): the same injection for ComfyUI's own samplers (SamplerCustomAdvanced): CFGGuider
+  (cfg 1) on a clone carrying ``sample``'s patch but the model's own model_sampling, sigmas = the bank's times,
+  started at the inverted latent by a NOISE (``start_noise``). Injection follows the sigma: an evaluation at a
+  bank time injects that key's V, one elsewhere (heun's or dpm_2's extra points) nothing.
 - On the fly (``live_bank``, mode ``bank.ON_THE_FLY``): the bank holds no V; the guider carries the source
   conditioning as one more conditioning (``live_source.SOURCE_COND``) and, just before each denoising evaluation
   that injects, the solver runs the model once on the inversion's stored input under the same key (source prompt,
@@ -38,6 +42,7 @@ import comfy.utils
 import latent_preview
 
 from . import families, flow_solvers, host_api, patcher
+from .bank import StartNoise
 from .errors import PnPInputError
 from .families import flux as flux_family
 from .flux_bank import FluxBank, FluxInversion, FluxLiveBank
@@ -366,6 +371,20 @@ def token_weights(weight_map: torch.Tensor | None, strength: float, latent_hw: t
     return torch.cat([torch.full((text_tokens,), text), image.float()])
 
 
+def _denoising_patch(model, bank: FluxBank | FluxLiveBank, conditioning, inject: bool,
+                     weight_map: torch.Tensor | None, strength: float, live: _LiveSource | None = None) -> _VPatch:
+    """The ``attn1_patch`` of a denoising pass of ``bank`` with the target ``conditioning`` (checks the model and
+    the strength; blend weights by ``token_weights``)."""
+    check_model(model)
+    bank.check_model(families.variant_of(model), _fingerprint(model))
+    if not 0.0 <= strength <= 1.0:
+        raise PnPInputError(f"injection_strength must be in [0, 1], got {strength}.")
+    weights = token_weights(weight_map, strength, tuple(bank.inverted.shape[-2:]),
+                            int(conditioning[0][0].shape[1]))
+    return _VPatch(bank.times, bank.blocks if inject else (), inverse=False, inject=bank.inject,
+                   bank=bank if live is None else live, weights=weights)
+
+
 def sample(model, bank: FluxBank | FluxLiveBank, conditioning, guidance: float | None = flux_family.DEFAULT_GUIDANCE,
            inject: bool = True, weight_map: torch.Tensor | None = None,
            strength: float = 1.0) -> tuple[dict, list[tuple[int, bool, int]]]:
@@ -375,15 +394,8 @@ def sample(model, bank: FluxBank | FluxLiveBank, conditioning, guidance: float |
     ``strength`` in [0, 1] blend the recorded V with the target's own per token (``token_weights``); no map and
     strength 1 is the official replacement, bit for bit. An on-the-fly bank (``live_bank``) computes each injected V
     just before the evaluation that reads it. Returns the LATENT and the keys injected, in order."""
-    check_model(model)
-    bank.check_model(families.variant_of(model), _fingerprint(model))
-    if not 0.0 <= strength <= 1.0:
-        raise PnPInputError(f"injection_strength must be in [0, 1], got {strength}.")
-    weights = token_weights(weight_map, strength, tuple(bank.inverted.shape[-2:]),
-                            int(conditioning[0][0].shape[1]))
     live = _LiveSource(bank, inject) if isinstance(bank, FluxLiveBank) else None
-    patch = _VPatch(bank.times, bank.blocks if inject else (), inverse=False, inject=bank.inject,
-                    bank=bank if live is None else live, weights=weights)
+    patch = _denoising_patch(model, bank, conditioning, inject, weight_map, strength, live)
     target = _with_guidance(conditioning, guidance)
     times = torch.tensor(bank.times, dtype=torch.float32)
     function, source = flow_solvers.FUNCTIONS[bank.solver], None
@@ -392,3 +404,33 @@ def sample(model, bank: FluxBank | FluxLiveBank, conditioning, guidance: float |
     _, out = _run(_clone(model, patch), target, function, bank.inverted, torch.zeros_like(bank.inverted), times,
                   bank.steps, source=source)
     return {"samples": out}, patch.injected
+
+
+def guider(model, bank: FluxBank, conditioning, weight_map: torch.Tensor | None = None,
+           strength: float = 1.0) -> comfy.samplers.CFGGuider:
+    """PnP Guider on FLUX: ComfyUI's own CFGGuider (cfg 1) with the target ``conditioning`` (its own FLUX guidance)
+    on a clone carrying ``sample``'s V patch, with the model's own model_sampling (ComfyUI's samplers read the
+    denoised latent x - t v). An evaluation at a time of the bank's schedule (``families.flux.evaluation_key``)
+    injects what the bank recorded under its key, blended as in ``sample``; one at any other time injects nothing.
+    Sample it on ``bank.times`` from ``start_noise``. A bank on the fly is refused: its source calls run inside the
+    flow solvers, which ComfyUI's samplers are not."""
+    check_model(model)
+    if isinstance(bank, FluxLiveBank):
+        raise PnPInputError("PnP Guider needs a stored FLUX bank (the on-the-fly source calls run inside PnP "
+                            "Sampler's solvers): set PnP Feature Bank's mode to stored, or use PnP Sampler.")
+    patch = _denoising_patch(model, bank, conditioning, True, weight_map, strength)
+    cfg_guider = comfy.samplers.CFGGuider(patcher.with_attn1_patch(model, patch))
+    cfg_guider.set_conds(conditioning, [])
+    cfg_guider.set_cfg(1.0)
+    return cfg_guider
+
+
+def bank_sigmas(bank: FluxBank | FluxLiveBank) -> torch.Tensor:
+    """The sigmas of the bank's schedule, (steps + 1,) float32 from 1 to 0: FLUX's sigma is its time t."""
+    return torch.tensor(bank.times, dtype=torch.float32)
+
+
+def start_noise(bank: FluxBank | FluxLiveBank) -> StartNoise:
+    """The NOISE that starts ComfyUI's samplers at the inverted latent: at sigma 1 FLUX's noise scaling
+    (sigma * noise + (1 - sigma) * latent_image) is the noise itself."""
+    return StartNoise(bank.inverted)

@@ -20,7 +20,7 @@ mean on FLUX:
   ``sigmas`` = the bank's times (1 to 0), ``x_T`` the inverted LATENT and ``noise`` the inverted latent as a NOISE
   (at sigma 1 FLUX starts from the noise, not from latent_image). A sampler evaluating at the bank's times (euler)
   injects there; an rf-solver bank's midpoint V are not read by samplers that never evaluate there. A bank on the
-  fly is refused (mode stored).
+  fly computes each injected V just before the evaluation, as in PnP Sampler.
 """
 from __future__ import annotations
 
@@ -119,7 +119,8 @@ def refuse_on_sd_model(value, what: str) -> None:
 
 
 def check_sampler_options(negative_prompt=None, mask=None, start=None, **_) -> None:
-    """The PnP Sampler options the FLUX path does not run, refused by name, and the mask's form (before the bank)."""
+    """The PnP Sampler and PnP Guider options the FLUX path does not run, refused by name, and the mask's form
+    (before the bank)."""
     if negative_prompt is not None:
         raise PnPInputError("negative_prompt is for the DDIM path; disconnect it for FLUX.")
     if mask is not None:

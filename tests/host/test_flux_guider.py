@@ -5,7 +5,8 @@ model_sampling; its sigmas are the bank's times (1 to 0) and its noise the inver
 sigma 1 keeps the noise, not latent_image). On the tiny random FLUX of ``flux_checkpoints`` (fp32 CPU, 16x16
 latent): euler (KSamplerSelect) on an euler bank equals PnP Sampler up to float rounding (ComfyUI's euler goes
 through denoised = x - t v and back); an rf-solver bank injects only its first evaluations there (euler never
-evaluates at the midpoints); mask and injection_strength reach the guider. v0.3.64 refuses with the version line.
+evaluates at the midpoints); mask and injection_strength reach the guider; a bank on the fly gives the stored one's
+result. v0.3.64 refuses with the version line.
 """
 from __future__ import annotations
 
@@ -206,20 +207,38 @@ def test_mask_and_injection_strength_reach_the_flux_guider(host, flux):
     assert float((masked - _custom(_guider(model, bank))).abs().max()) > 100 * EULER_TOL
 
 
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
+def test_a_bank_on_the_fly_gives_the_stored_banks_result(host, flux, sampler):
+    """PnP Feature Bank in mode "on the fly" through the guider: the stored bank's result bit for bit (with a mask
+    and strength 0.7), at one more transformer call per injected evaluation (a PREDICT_NOISE wrapper runs the
+    source call before it): euler 2 (steps 0 and 1), heun 3 (its corrector of step 0 is at step 1's time)."""
+    model = flux("flux_dev_tiny")
+    if _refused_here(host, model):
+        return
+    (inversion, _), stored = _bank(model, "rf-solver")
+    (live,) = run_node("PnP_FeatureBank", model=model, inversion=inversion, conditioning=_conditioning(SOURCE),
+                       attention_layers=BLOCKS, inject_steps=INJECT, bank_dtype="fp32", mode="on the fly")
+    mask = torch.zeros(1, *(8 * side for side in LATENT_HW))
+    mask[..., : mask.shape[-2] // 2, :] = 1.0
+    out, calls = {}, {}
+    for mode, bank in (("stored", stored), ("on the fly", live)):
+        outputs = _guider(model, bank, mask=mask, injection_strength=0.7)
+        with fc.TransformerCalls(model) as counted:
+            out[mode] = _custom(outputs, sampler)
+        calls[mode] = counted.count
+    assert torch.equal(out["on the fly"], out["stored"])
+    assert calls["on the fly"] - calls["stored"] == {"euler": 2, "heun": 3}[sampler]
+
+
 def test_the_flux_guider_refuses_what_it_cannot_run_by_name(host, flux):
-    """A bank on the fly (its source calls need the flow solvers), a negative prompt and a latent_image of another
-    size are refused with what to change; the MODEL given is left unchanged."""
+    """A negative prompt and a latent_image of another size are refused with what to change; the MODEL given is
+    left unchanged."""
     model = flux("flux_schnell_tiny")
     if _refused_here(host, model):
         return
     errors = host.pack_module("pnp_hooks.errors")
     source = _conditioning(SOURCE)
-    (inversion, _), bank = _bank(model, "euler")
-    (live,) = run_node("PnP_FeatureBank", model=model, inversion=inversion, conditioning=source,
-                       attention_layers=BLOCKS, inject_steps=INJECT, mode="on the fly")
-    with pytest.raises(errors.PnPInputError, match="PnP Guider needs a stored FLUX bank .*set PnP Feature Bank's "
-                                                   "mode to stored"):
-        _guider(model, live)
+    _, bank = _bank(model, "euler")
     with pytest.raises(errors.PnPInputError, match="negative_prompt is for the DDIM path; disconnect it for FLUX"):
         _guider(model, bank, negative_prompt=source)
     before = (repr(model.model_options), dict(model.object_patches))

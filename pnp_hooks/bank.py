@@ -1,6 +1,6 @@
 """The values PnP nodes pass along: the inversion trajectory, the feature bank and PnP Guider's start noise.
 
-Both are immutable: ComfyUI caches node outputs and may hand the same object to
+All are immutable: ComfyUI caches node outputs and may hand the same object to
 later prompts, so nothing here is ever written after construction.
 
 A batch of guidance images (video frames, photos) is a ``TrajectoryBatch``
@@ -289,7 +289,7 @@ def check_steps(bank_steps: int, requested: int, what: str) -> None:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StartNoise:
     """PnP Guider's NOISE for SamplerCustomAdvanced (``generate_noise(latent)`` and ``seed``, as ComfyUI's
     DisableNoise / RandomNoise): ``start`` None gives zeros of the latent's shape on the CPU, what DisableNoise

@@ -1,4 +1,4 @@
-"""The FLUX.1 path of PnP DDIM Inversion, PnP Feature Bank and PnP Sampler (RF-Solver-Edit / FireFlow).
+"""The FLUX.1 path of PnP DDIM Inversion, PnP Feature Bank, PnP Sampler and PnP Guider (RF-Solver-Edit / FireFlow).
 
 The nodes keep their IDs and inputs; for a FLUX MODEL they call these instead of the DDIM path. What the inputs
 mean on FLUX:
@@ -16,7 +16,12 @@ mean on FLUX:
   are all injected. ``mask`` (with ``outside_mask_strength``) and ``injection_strength`` blend the recorded V with
   the target's own as on SD: per image token (a 2x2 latent patch) the mask's weight, area-averaged, times the
   strength; text tokens the strength times the mask's largest weight (``flux_sampling.token_weights``).
-- PnP Guider has no FLUX path (FLUX's solvers are not ComfyUI samplers): it refuses a FLUX MODEL by name.
+- PnP Guider: ComfyUI's own samplers instead of the flow solvers (``flux_sampling.guider``): the target prompt's
+  FLUX guidance, ``mask`` and ``injection_strength`` as for PnP Sampler, ``cfg`` and the thresholds not read;
+  ``sigmas`` = the bank's times (1 to 0), ``x_T`` the inverted LATENT and ``noise`` the inverted latent as a NOISE
+  (at sigma 1 FLUX starts from the noise, not from latent_image). A sampler evaluating at the bank's times (euler)
+  injects there; an rf-solver bank's midpoint V are not read by samplers that never evaluate there. A bank on the
+  fly computes each injected V just before the evaluation, as in PnP Sampler.
 """
 from __future__ import annotations
 
@@ -136,7 +141,8 @@ def refuse_on_sd_model(value, what: str) -> None:
 
 
 def check_sampler_options(negative_prompt=None, mask=None, start=None, **_) -> None:
-    """The PnP Sampler options the FLUX path does not run, refused by name, and the mask's form (before the bank)."""
+    """The PnP Sampler and PnP Guider options the FLUX path does not run, refused by name, and the mask's form
+    (before the bank)."""
     if negative_prompt is not None:
         raise PnPInputError("negative_prompt is for the DDIM path; disconnect it for FLUX.")
     if mask is not None:
@@ -145,26 +151,38 @@ def check_sampler_options(negative_prompt=None, mask=None, start=None, **_) -> N
         raise PnPInputError("On FLUX sampling starts from the inverted noise: set start to 'inverted'.")
 
 
-def refuse_in_guider(model) -> None:
-    """PnP Guider hands ComfyUI's custom samplers a GUIDER; FLUX's PnP runs its own solvers (rf-solver, fireflow)."""
-    if is_flux(model):
-        raise PnPInputError("PnP Guider runs SD models only; for FLUX use PnP Sampler (it runs the FLUX solvers, "
-                            "with the same mask and injection_strength).")
+def _check_bank(features) -> None:
+    if not isinstance(features, (FluxBank, FluxLiveBank)):
+        raise PnPInputError("This feature bank was recorded with an SD model; connect a PnP Feature Bank made from "
+                            "this FLUX model's inversion.")
+
+
+def _weight_map(features, mask, outside_mask_strength: float):
+    """The injection weights of ``mask`` at the bank's latent size (None: no mask)."""
+    if mask is None:
+        return None
+    return injection_weight_map(mask, tuple(features.inverted.shape), outside_mask_strength)
+
+
+def guider(model, positive, features, mask=None, injection_strength: float = 1.0,
+           outside_mask_strength: float = 0.0) -> tuple:
+    """PnP Guider on FLUX: (GUIDER, SIGMAS, x_T LATENT, NOISE) for SamplerCustomAdvanced (module docstring)."""
+    _check_bank(features)
+    cfg_guider = flux_sampling.guider(model, features, positive, _weight_map(features, mask, outside_mask_strength),
+                                      injection_strength)
+    return (cfg_guider, flux_sampling.bank_sigmas(features), flux_sampling.noise_latent(model, features.inversion),
+            flux_sampling.start_noise(features))
 
 
 def sample(model, positive, features, steps: int, mask=None, injection_strength: float = 1.0,
            outside_mask_strength: float = 0.0) -> dict:
     """PnP Sampler on FLUX: denoise the bank's inverted noise with the target prompt, V put in place (blended by
     ``mask`` and ``injection_strength`` as on SD)."""
-    if not isinstance(features, (FluxBank, FluxLiveBank)):
-        raise PnPInputError("This feature bank was recorded with an SD model; connect a PnP Feature Bank made from "
-                            "this FLUX model's inversion.")
+    _check_bank(features)
     if steps not in (0, features.steps):
         raise PnPInputError(f"steps must be 0 or the bank's {features.steps} steps, got {steps}.")
-    weight_map = None
-    if mask is not None:
-        weight_map = injection_weight_map(mask, tuple(features.inverted.shape), outside_mask_strength)
-    latent, injected = flux_sampling.sample(model, features, positive, guidance=None, weight_map=weight_map,
+    latent, injected = flux_sampling.sample(model, features, positive, guidance=None,
+                                            weight_map=_weight_map(features, mask, outside_mask_strength),
                                             strength=injection_strength)
     calls = flow_solvers.model_calls(features.solver, features.steps)
     if isinstance(features, FluxLiveBank):

@@ -1,7 +1,7 @@
 """PnP Sampler and PnP Guider nodes: translate the guidance image to a target prompt.
 
 PnP Sampler runs the whole translation; PnP Guider hands ComfyUI's custom sampling nodes
-(SamplerCustomAdvanced) the same patched guider and the bank's sigmas.
+(SamplerCustomAdvanced) the same patched guider, the bank's sigmas, its x_T and the noise to start from.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from ..pnp_hooks import patcher, sampling
-from ..pnp_hooks.bank import check_steps
+from ..pnp_hooks.bank import StartNoise, check_steps
 from ..pnp_hooks.masks import check_mask_form, injection_weight_map
 from ..pnp_hooks.schedule import NEGATIVE_SCHEDULES, THRESHOLD_CONVENTIONS, InjectionPlan, negative_prompt_alphas
 from . import flux
@@ -194,26 +194,30 @@ class PnPGuider(io.ComfyNode):
             display_name="PnP Guider",
             category=CATEGORY,
             description=(
-                "PnP for ComfyUI's custom sampling nodes: the GUIDER that injects the bank (as PnP Sampler does) "
-                "and the SIGMAS of the bank's timesteps, for SamplerCustomAdvanced. Start from the bank's x_T "
-                "with DisableNoise; the ddim sampler then gives exactly PnP Sampler's result (final_step comfyui). "
+                "PnP for ComfyUI's custom sampling nodes: the GUIDER that injects the bank (as PnP Sampler does), "
+                "the SIGMAS of the bank's steps, its x_T and the NOISE to start from, for SamplerCustomAdvanced "
+                "(noise = this noise, latent_image = x_T). SD: the ddim sampler then gives exactly PnP Sampler's "
+                "result (final_step comfyui). FLUX: FLUX guidance from the target prompt (FluxGuidance), cfg and "
+                "the thresholds not read; the euler sampler on an euler bank gives PnP Sampler's result. "
                 "Injection follows the sigma: evaluations at sigmas that are not the bank's steps inject nothing."),
             inputs=_guider_inputs(),
             outputs=[
                 io.Guider.Output("guider", display_name="guider", tooltip="For SamplerCustomAdvanced's guider input."),
                 io.Sigmas.Output("sigmas", display_name="sigmas", tooltip=(
-                    "The sigmas of the bank's timesteps, then 0 (ComfyUI's last step, to the clean prediction). "
-                    "Split them with SplitSigmas to hand the last steps to another guider.")),
+                    "SD: the sigmas of the bank's timesteps, then 0 (ComfyUI's last step, to the clean prediction). "
+                    "FLUX: the bank's times, 1 to 0. Split them with SplitSigmas to hand the last steps to another "
+                    "guider.")),
                 io.Latent.Output("x_T", display_name="x_T", tooltip=(
                     "The bank's x_T (the inverted latent at its first timestep), for SamplerCustomAdvanced's "
-                    "latent_image with DisableNoise as noise.")),
+                    "latent_image.")),
+                io.Noise.Output("noise", display_name="noise", tooltip=(
+                    "For SamplerCustomAdvanced's noise input. SD: no noise (as DisableNoise; the start is x_T). "
+                    "FLUX: the inverted latent, which a flow sampler starts from at sigma 1.")),
             ],
         )
 
     @classmethod
     def check_lazy_status(cls, features=None, **inputs) -> list[str]:
-        if features is None:
-            flux.refuse_in_guider(inputs["model"])
         return [] if features is not None else _check_before_the_bank(_guider_inputs(), inputs)
 
     @classmethod
@@ -221,9 +225,12 @@ class PnPGuider(io.ComfyNode):
                 threshold_convention, negative_prompt=None, negative_alpha=1.0, negative_schedule="linear",
                 mask=None, injection_strength=1.0, outside_mask_strength=0.0) -> io.NodeOutput:
         check_inputs(_guider_inputs(), locals())  # locals(): the inputs, by name
-        flux.refuse_in_guider(model)
+        if flux.is_flux(model):
+            flux.check_sampler_options(negative_prompt=negative_prompt, mask=mask)
+            return io.NodeOutput(*flux.guider(model, positive, features, mask, injection_strength,
+                                              outside_mask_strength))
         flux.refuse_on_sd_model(features, "feature bank")
         target = TargetInputs.of(locals()).target(features)
         guider = sampling.pnp_guider(model, target, features)
         sigmas = sampling.bank_sigmas(model, features, "comfyui")
-        return io.NodeOutput(guider, sigmas, {"samples": features.trajectory.x_T()})
+        return io.NodeOutput(guider, sigmas, {"samples": features.trajectory.x_T()}, StartNoise())

@@ -1,6 +1,6 @@
-"""The values PnP nodes pass along: the inversion trajectory and the feature bank.
+"""The values PnP nodes pass along: the inversion trajectory, the feature bank and PnP Guider's start noise.
 
-Both are immutable: ComfyUI caches node outputs and may hand the same object to
+All are immutable: ComfyUI caches node outputs and may hand the same object to
 later prompts, so nothing here is ever written after construction.
 
 A batch of guidance images (video frames, photos) is a ``TrajectoryBatch``
@@ -287,3 +287,24 @@ def check_steps(bank_steps: int, requested: int, what: str) -> None:
             f"steps is {requested}, but the {what} was recorded for {bank_steps} sampling steps. Set steps "
             f"to {bank_steps} (or 0 to follow the {what}), or run PnP DDIM Inversion with steps={requested}."
         )
+
+
+@dataclass(frozen=True, eq=False)
+class StartNoise:
+    """PnP Guider's NOISE for SamplerCustomAdvanced (``generate_noise(latent)`` and ``seed``, as ComfyUI's
+    DisableNoise / RandomNoise): ``start`` None gives zeros of the latent's shape on the CPU, what DisableNoise
+    gives (SD starts from ``latent_image`` = x_T); a (1, C, H, W) ``start`` in model space is handed out as it is
+    (FLUX: the inverted latent, which the flow's noise scaling at sigma 1 keeps exactly; the sampler does not
+    process a NOISE into model space)."""
+
+    start: torch.Tensor | None = None
+    seed: int = 0
+
+    def generate_noise(self, input_latent: dict) -> torch.Tensor:
+        samples = input_latent["samples"]
+        if self.start is None:
+            return torch.zeros_like(samples, device="cpu")
+        if tuple(samples.shape) != tuple(self.start.shape):
+            raise PnPInputError(f"PnP Guider's noise is the bank's inverted latent {list(self.start.shape)}; the "
+                                f"latent_image is {list(samples.shape)}: connect PnP Guider's x_T as latent_image.")
+        return self.start.clone()

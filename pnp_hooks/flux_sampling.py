@@ -16,6 +16,11 @@ MODEL, with a ``flow_solvers`` KSAMPLER function over the official schedule (``f
   weight map (``masks.injection_weight_map``) area-averaged over their patch, times the strength; text tokens,
   which have no place in the image, take the strength times the map's largest weight (the strength itself for
   any mask that is 1 somewhere; 0 for a mask of zeros with outside strength 0, so such a mask injects nothing).
+- ``guider`` (PnP Guider): the same injection for ComfyUI's own samplers (SamplerCustomAdvanced): CFGGuider
+  (cfg 1) on a clone carrying ``sample``'s patch but the model's own model_sampling, sigmas = the bank's times,
+  started at the inverted latent by a NOISE (``start_noise``). Injection follows the sigma: an evaluation at a
+  bank time injects that key's V, one elsewhere (dpm_2's midpoints) nothing. On the fly, a PREDICT_NOISE wrapper
+  runs the source call before each injected evaluation instead of the solver.
 - On the fly (``live_bank``, mode ``bank.ON_THE_FLY``): the bank holds no V; the guider carries the source
   conditioning as one more conditioning (``live_source.SOURCE_COND``) and, just before each denoising evaluation
   that injects, the solver runs the model once on the inversion's stored input under the same key (source prompt,
@@ -40,6 +45,7 @@ import comfy.utils
 import latent_preview
 
 from . import families, flow_solvers, host_api, patcher
+from .bank import StartNoise
 from .errors import PnPInputError
 from .families import flux as flux_family
 from .flux_bank import FluxBank, FluxInversion, FluxLiveBank, tensor_key
@@ -333,24 +339,40 @@ class _LiveSource:
     def value(self, interval: int, second: bool, block: int, which: str = "v") -> torch.Tensor | None:
         return self.current.get(tensor_key(interval, second, block, which))
 
+    def around(self, evaluate, guider, x: torch.Tensor, sigma: torch.Tensor, model_options: dict,
+               injecting: _VPatch):
+        """``evaluate()`` (one denoising evaluation at ``sigma`` of ``x``) with the V of the inversion's evaluation
+        under the same key in ``current`` while it runs (nothing for a key the bank does not inject)."""
+        key = flux_family.evaluation_key(float(sigma[0]), self.bank.times, inverse=False)
+        if key in self.keys:
+            self.current = self._source_values(guider, key, x, model_options, injecting)
+        try:
+            return evaluate()
+        finally:
+            self.current = {}
+
     def solver(self, injecting: _VPatch):
         """The bank's solver as a KSAMPLER function that computes each injected evaluation's V just before it."""
         function = flow_solvers.FUNCTIONS[self.bank.solver]
 
         def solve(model, x, sigmas, extra_args=None, callback=None, disable=None, check_interrupt=None, guider=None):
             def evaluate(latent, sigma, **kwargs):
-                key = flux_family.evaluation_key(float(sigma[0]), self.bank.times, inverse=False)
-                if key in self.keys:
-                    self.current = self._source_values(guider, key, latent, kwargs.get("model_options", {}),
-                                                       injecting)
-                try:
-                    return model(latent, sigma, **kwargs)
-                finally:
-                    self.current = {}
+                return self.around(partial(model, latent, sigma, **kwargs), guider, latent, sigma,
+                                   kwargs.get("model_options", {}), injecting)
 
             return function(evaluate, x, sigmas, extra_args, callback, disable, check_interrupt)
 
         return solve
+
+    def predict_noise_wrapper(self, injecting: _VPatch):
+        """The same for any ComfyUI sampler (PnP Guider): a PREDICT_NOISE wrapper (one call per evaluation, the
+        guider as its executor's object)."""
+
+        def wrapper(executor, x, timestep, model_options={}, *args, **kwargs):
+            return self.around(partial(executor, x, timestep, model_options, *args, **kwargs), executor.class_obj,
+                               x, timestep, model_options, injecting)
+
+        return wrapper
 
     def _source_values(self, guider, key: tuple[int, bool], x: torch.Tensor, model_options: dict,
                        injecting: _VPatch) -> dict:
@@ -390,6 +412,20 @@ def token_weights(weight_map: torch.Tensor | None, strength: float, latent_hw: t
     return torch.cat([torch.full((text_tokens,), text), image.float()])
 
 
+def _denoising_patch(model, bank: FluxBank | FluxLiveBank, conditioning, inject: bool,
+                     weight_map: torch.Tensor | None, strength: float, live: _LiveSource | None = None) -> _VPatch:
+    """The ``attn1_patch`` of a denoising pass of ``bank`` with the target ``conditioning`` (checks the model and
+    the strength; blend weights by ``token_weights``)."""
+    check_model(model)
+    bank.check_model(families.variant_of(model), _fingerprint(model))
+    if not 0.0 <= strength <= 1.0:
+        raise PnPInputError(f"injection_strength must be in [0, 1], got {strength}.")
+    weights = token_weights(weight_map, strength, tuple(bank.inverted.shape[-2:]),
+                            int(conditioning[0][0].shape[1]))
+    return _VPatch(bank.times, bank.blocks if inject else (), inverse=False, inject=bank.inject,
+                   bank=bank if live is None else live, weights=weights)
+
+
 def sample(model, bank: FluxBank | FluxLiveBank, conditioning, guidance: float | None = flux_family.DEFAULT_GUIDANCE,
            inject: bool = True, weight_map: torch.Tensor | None = None,
            strength: float = 1.0) -> tuple[dict, list[tuple[int, bool, int]]]:
@@ -399,15 +435,8 @@ def sample(model, bank: FluxBank | FluxLiveBank, conditioning, guidance: float |
     ``strength`` in [0, 1] blend the recorded V with the target's own per token (``token_weights``); no map and
     strength 1 is the official replacement, bit for bit. An on-the-fly bank (``live_bank``) computes each injected V
     just before the evaluation that reads it. Returns the LATENT and the keys injected, in order."""
-    check_model(model)
-    bank.check_model(families.variant_of(model), _fingerprint(model))
-    if not 0.0 <= strength <= 1.0:
-        raise PnPInputError(f"injection_strength must be in [0, 1], got {strength}.")
-    weights = token_weights(weight_map, strength, tuple(bank.inverted.shape[-2:]),
-                            int(conditioning[0][0].shape[1]))
     live = _LiveSource(bank, inject) if isinstance(bank, FluxLiveBank) else None
-    patch = _VPatch(bank.times, bank.blocks if inject else (), inverse=False, inject=bank.inject,
-                    bank=bank if live is None else live, weights=weights)
+    patch = _denoising_patch(model, bank, conditioning, inject, weight_map, strength, live)
     target = _with_guidance(conditioning, guidance)
     times = torch.tensor(bank.times, dtype=torch.float32)
     function, source = flow_solvers.FUNCTIONS[bank.solver], None
@@ -416,3 +445,34 @@ def sample(model, bank: FluxBank | FluxLiveBank, conditioning, guidance: float |
     _, out = _run(_clone(model, patch), target, function, bank.inverted, torch.zeros_like(bank.inverted), times,
                   bank.steps, source=source)
     return {"samples": out}, patch.injected
+
+
+def guider(model, bank: FluxBank | FluxLiveBank, conditioning, weight_map: torch.Tensor | None = None,
+           strength: float = 1.0) -> comfy.samplers.CFGGuider:
+    """PnP Guider on FLUX: ComfyUI's own CFGGuider (cfg 1) with the target ``conditioning`` (its own FLUX guidance)
+    on a clone carrying ``sample``'s V patch, with the model's own model_sampling (ComfyUI's samplers read the
+    denoised latent x - t v). An evaluation at a time of the bank's schedule (``families.flux.evaluation_key``)
+    injects what the bank recorded under its key, blended as in ``sample``; one at any other time injects nothing.
+    Sample it on ``bank.times`` from ``start_noise``. A bank on the fly: the guider carries its source prompt
+    (``SOURCE_COND``) and a PREDICT_NOISE wrapper computes each injected evaluation's V just before it, as
+    ``sample``'s solver does."""
+    live = _LiveSource(bank, True) if isinstance(bank, FluxLiveBank) else None
+    patch = _denoising_patch(model, bank, conditioning, True, weight_map, strength, live)
+    wrapper = None if live is None else live.predict_noise_wrapper(patch)
+    cfg_guider = comfy.samplers.CFGGuider(patcher.with_attn1_patch(model, patch, wrapper))
+    cfg_guider.set_conds(conditioning, [])
+    if live is not None:
+        cfg_guider.inner_set_conds({SOURCE_COND: _with_guidance(bank.conditioning, flux_family.INVERSION_GUIDANCE)})
+    cfg_guider.set_cfg(1.0)
+    return cfg_guider
+
+
+def bank_sigmas(bank: FluxBank | FluxLiveBank) -> torch.Tensor:
+    """The sigmas of the bank's schedule, (steps + 1,) float32 from 1 to 0: FLUX's sigma is its time t."""
+    return torch.tensor(bank.times, dtype=torch.float32)
+
+
+def start_noise(bank: FluxBank | FluxLiveBank) -> StartNoise:
+    """The NOISE that starts ComfyUI's samplers at the inverted latent: at sigma 1 FLUX's noise scaling
+    (sigma * noise + (1 - sigma) * latent_image) is the noise itself."""
+    return StartNoise(bank.inverted)

@@ -32,6 +32,7 @@ REQUIRED = (
     "comfy_api.v0_0_2.io.Latent",
     "comfy_api.v0_0_2.io.Mask",
     "comfy_api.v0_0_2.io.Model",
+    "comfy_api.v0_0_2.io.Noise",
     "comfy_api.v0_0_2.io.Sigmas",
     "comfy_api.v0_0_2.io.String",
     "comfy_api.v0_0_2.io.Vae",

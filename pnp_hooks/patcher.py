@@ -246,12 +246,21 @@ def _cancel_before_output_block(h, hsp, transformer_options):
     return h, hsp
 
 
+def with_attn1_patch(model, attn1_patch, predict_noise_wrapper=None):
+    """A clone of ``model`` with ``attn1_patch`` set (the FLUX guider's V patch) and, if given, a PREDICT_NOISE
+    wrapper under ``PATCH_KEY`` (its on-the-fly source calls); ``model`` itself is left as it is."""
+    clone = model.clone()
+    clone.set_model_attn1_patch(attn1_patch)
+    if predict_noise_wrapper is not None:
+        clone.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, PATCH_KEY, predict_noise_wrapper)
+    return clone
+
+
 def with_attn1_patch_and_sampling(model, attn1_patch, model_sampling):
     """A clone of ``model`` with ``attn1_patch`` set and its model_sampling object replaced (the FLUX path's V
     patch and velocity sampling); ``model`` itself is left as it is."""
-    clone = model.clone()
+    clone = with_attn1_patch(model, attn1_patch)
     clone.add_object_patch("model_sampling", model_sampling)
-    clone.set_model_attn1_patch(attn1_patch)
     return clone
 
 

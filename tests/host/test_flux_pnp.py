@@ -321,8 +321,6 @@ def test_the_pnp_nodes_run_flux_as_the_official_algorithm(host, flux, recipe):
     errors = host.pack_module("pnp_hooks.errors")
     with pytest.raises(errors.PnPInputError, match="FLUX has no ResBlock sites"):
         run_node("PnP_FeatureBank", model=model, inversion=inversion, conditioning=source, resblock_layers="4")
-    with pytest.raises(errors.PnPInputError, match="PnP Guider runs SD models only; for FLUX use PnP Sampler"):
-        run_node("PnP_Guider", model=model, positive=guided, negative=source, features=bank)
 
 
 def test_flux_mask_and_injection_strength_blend_v_as_on_sd(host, flux):

@@ -1,7 +1,8 @@
 """PnP Guider: PnP inside ComfyUI's SamplerCustomAdvanced (GUIDER + SIGMAS), on the real host.
 
-ddim (KSamplerSelect) on the guider's SIGMAS from its x_T with DisableNoise equals PnP Sampler with
-final_step "comfyui" bit for bit, in both bank modes and through ComfyUI's executor. Other samplers run;
+ddim (KSamplerSelect) on the guider's SIGMAS from its x_T with DisableNoise (or the guider's own noise output, the
+same zeros) equals PnP Sampler with final_step "comfyui" bit for bit, in both bank modes and through ComfyUI's
+executor. Other samplers run;
 which of their model evaluations inject follows from the sigmas they evaluate at (docs/guide.md, PnP in
 SamplerCustomAdvanced): only the bank's own sigmas below the thresholds.
 """
@@ -37,7 +38,7 @@ def custom_advanced(guider, sigmas, latent, sampler="ddim", noise=None):
 
 
 def test_sigmas_are_the_banks_timesteps_then_zero_and_x_T_is_the_inversions(pnp):
-    _, sigmas, x_T = guider_outputs(pnp)
+    _, sigmas, x_T, _ = guider_outputs(pnp)
     table = pnp.model.get_model_object("model_sampling").sigmas.float()
     expected = torch.cat([table[list(pnp.bank.trajectory.timesteps)], torch.zeros(1)])
     assert torch.equal(sigmas, expected)
@@ -47,7 +48,7 @@ def test_sigmas_are_the_banks_timesteps_then_zero_and_x_T_is_the_inversions(pnp)
 @pytest.mark.parametrize("mode", ["stored", "on the fly"])
 def test_ddim_in_sampler_custom_advanced_equals_pnp_sampler_exactly(pnp, mode):
     bank = pnp.record(mode=mode)
-    guider, sigmas, x_T = guider_outputs(pnp, features=bank)
+    guider, sigmas, x_T, _ = guider_outputs(pnp, features=bank)
     custom = custom_advanced(guider, sigmas, x_T)
     sampler = pnp.sample(features=bank, final_step="comfyui")
     assert torch.equal(custom, sampler), float((custom - sampler).abs().max())
@@ -63,16 +64,27 @@ def test_ddim_equals_pnp_sampler_with_mask_negative_prompt_and_strength(pnp):
     mask[..., :32] = 1.0
     inputs = dict(mask=mask, outside_mask_strength=0.25, injection_strength=0.7, negative_prompt=pnp.empty,
                   negative_alpha=0.5, threshold_convention="original")
-    guider, sigmas, x_T = guider_outputs(pnp, **inputs)
+    guider, sigmas, x_T, _ = guider_outputs(pnp, **inputs)
     assert torch.equal(custom_advanced(guider, sigmas, x_T), pnp.sample(final_step="comfyui", **inputs))
 
 
-def test_the_same_through_comfyuis_executor(host, models):
+def test_pnp_guiders_noise_is_disable_noise(pnp):
+    """The noise output (the start for FLUX) is no noise on SD: zeros on the CPU and seed 0, as DisableNoise, so
+    either in SamplerCustomAdvanced gives the same result bit for bit."""
+    guider, sigmas, x_T, noise = guider_outputs(pnp)
+    (disabled,) = run_node("DisableNoise")
+    assert torch.equal(noise.generate_noise(x_T), disabled.generate_noise(x_T)) and noise.seed == disabled.seed == 0
+    assert torch.equal(custom_advanced(guider, sigmas, x_T, noise=noise), custom_advanced(guider, sigmas, x_T))
+
+
+@pytest.mark.parametrize("noise", ["DisableNoise", "PnP Guider's noise"])
+def test_the_same_through_comfyuis_executor(host, models, noise):
     prompt, refs = translation_prompt(models.checkpoint("sd15_reduced"), steps=STEPS, output="SaveLatent",
                                       sampler={"final_step": "comfyui"})
     guider = prompt.add("PnP_Guider", model=refs["ckpt"][0], positive=refs["target"][0], negative=refs["empty"][0],
                         features=refs["bank"][0])
-    custom = prompt.add("SamplerCustomAdvanced", noise=prompt.add("DisableNoise")[0], guider=guider[0],
+    start = prompt.add("DisableNoise")[0] if noise == "DisableNoise" else guider[3]
+    custom = prompt.add("SamplerCustomAdvanced", noise=start, guider=guider[0],
                         sampler=prompt.add("KSamplerSelect", sampler_name="ddim")[0], sigmas=guider[1],
                         latent_image=refs["inversion"][1])
     prompt.add("SaveLatent", samples=custom[0], filename_prefix="pnp_guider")
@@ -104,7 +116,7 @@ def _evaluation_steps(spy) -> list[int]:
     ("dpm_2", INJECTING),
 ])
 def test_other_samplers_inject_at_the_banks_sigmas_only(host, pnp, monkeypatch, sampler, injected):
-    guider, sigmas, x_T = guider_outputs(pnp)
+    guider, sigmas, x_T, _ = guider_outputs(pnp)
     spy = InjectionSpy(host, monkeypatch)
     with UNetRows() as unet:
         out = custom_advanced(guider, sigmas, x_T, sampler)
@@ -121,7 +133,7 @@ def test_other_samplers_inject_at_the_banks_sigmas_only(host, pnp, monkeypatch, 
 def test_split_sigmas_hand_the_steps_after_injection_to_a_plain_guider(pnp):
     """PnP for the injecting steps, then ComfyUI's own CFGGuider: the whole PnP run, up to the fp32 rounding of
     the latent handed between the two SamplerCustomAdvanced nodes."""
-    guider, sigmas, x_T = guider_outputs(pnp)
+    guider, sigmas, x_T, _ = guider_outputs(pnp)
     whole = custom_advanced(guider, sigmas, x_T)
     high, low = run_node("SplitSigmas", sigmas=sigmas, step=len(INJECTING))
     first = custom_advanced(guider, high, x_T)

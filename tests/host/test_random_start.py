@@ -64,8 +64,8 @@ def test_random_start_is_seeded_noise_at_the_official_scale(pnp):
     noise = comfy.sample.prepare_noise(torch.zeros(1, 4, 8, 8), 4)
     latent_format = pnp.model.get_model_object("latent_format")
     x_T = latent_format.process_out(noise * (1.0 + sigma_T ** 2) ** 0.5)
-    guider, sigmas, _ = run_node("PnP_Guider", model=pnp.model, positive=pnp.positive, negative=pnp.negative,
-                                 features=pnp.bank)
+    guider, sigmas, _, _ = run_node("PnP_Guider", model=pnp.model, positive=pnp.positive, negative=pnp.negative,
+                                    features=pnp.bank)
     custom = run_node("SamplerCustomAdvanced", noise=run_node("DisableNoise")[0], guider=guider,
                       sampler=run_node("KSamplerSelect", sampler_name="ddim")[0], sigmas=sigmas,
                       latent_image={"samples": x_T})[0]["samples"]

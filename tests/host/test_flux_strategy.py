@@ -14,7 +14,8 @@ know (PnP DDIM Inversion, PnP Feature Bank, PnP Sampler) on the tiny random FLUX
 - with a mask or a strength below 1, add adds w x the recorded tensor: strength 0 is no injection and a mask of
   ones the full strategy, bit for bit;
 - a bad ``flux_edit`` or ``qkv_ratio`` is refused with what to type, before the inversion is asked for (the
-  node's lazy check) and before any model call.
+  node's lazy check) and before any model call;
+- PnP Guider (SamplerCustomAdvanced, euler) applies the bank's strategy as PnP Sampler does.
 
 v0.3.64 (no ``attn1_patch`` in its FLUX blocks): the FLUX path is refused with one line naming the version.
 """
@@ -235,3 +236,32 @@ def test_a_bad_strategy_is_refused_before_the_inversion_and_any_model_call(host,
     with fc.TransformerCalls(model) as calls, pytest.raises(errors.PnPInputError, match=says):
         run_node("PnP_FeatureBank", model=model, inversion=inversion, conditioning=source, **inputs)
     assert calls.count == 0
+
+
+def test_the_flux_guider_applies_the_banks_strategy_as_pnp_sampler(host, dev):
+    """PnP Guider reads the strategy from the bank: SamplerCustomAdvanced (euler) on its outputs with an euler bank
+    of "replace_v,add_q" (ratios 1, 1, 0.8) gives PnP Sampler's translation up to float rounding (1e-5, as
+    test_flux_guider), far from the guider's own translation without injection."""
+    model, _ = dev
+    if not _flux_path(host, model):
+        return
+    source, _ = _conditioning(SOURCE)
+    target, _ = _conditioning(TARGET)
+    inversion = _inversion(model, "euler", 4)
+    (bank,) = run_node("PnP_FeatureBank", model=model, inversion=inversion, conditioning=source,
+                       attention_layers="20-37", inject_steps=2, bank_dtype="fp32", flux_edit="replace_v,add_q",
+                       qkv_ratio="1,1,0.8")
+
+    def custom(**inputs) -> torch.Tensor:
+        guider, sigmas, x_T, noise = run_node("PnP_Guider", model=model, positive=target, negative=target,
+                                              features=bank, **inputs)
+        (sampler,) = run_node("KSamplerSelect", sampler_name="euler")
+        return run_node("SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
+                        latent_image=x_T)[0]["samples"]
+
+    (by_sampler,) = run_node("PnP_Sampler", model=model, positive=target, negative=target, features=bank)
+    err = (custom() - by_sampler["samples"]).abs().max().item()
+    gap = (custom(injection_strength=0.0) - by_sampler["samples"]).abs().max().item()
+    print(f"\nreplace_v,add_q euler: max |guider - PnP Sampler| {err:.2e}; injection off {gap:.3e}")
+    assert bank.edit.recorded == ("q", "v")
+    assert err <= 1e-5 and gap > 100 * 1e-5

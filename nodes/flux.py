@@ -45,8 +45,8 @@ INJECT_TOOLTIP = (
 EDIT_TOOLTIP = (
     f"FLUX only: FireFlow's editing strategies, comma-separated among {', '.join(flux_family.EDIT_STRATEGIES)}. "
     f"replace puts the source's tensor in place of the target's, add adds it; q, k or v (at the single blocks of "
-    f"attention_layers). Default {flux_family.DEFAULT_EDIT} (RF-Solver-Edit; FireFlow --reuse_v 1); FireFlow's "
-    f"'better instruction following': add_q.")
+    f"attention_layers). Default {flux_family.DEFAULT_EDIT} (RF-Solver-Edit; FireFlow --reuse_v 1); FireFlow "
+    f"suggests add_q where an edit is not followed.")
 RATIO_TOOLTIP = (
     "FLUX only: FireFlow's --qkv_ratio, three numbers: the scales of the recorded q, k and v "
     f"(default {flux_family.DEFAULT_QKV_RATIO}).")

@@ -459,7 +459,12 @@ def guider(model, bank: FluxBank | FluxLiveBank, conditioning, weight_map: torch
     live = _LiveSource(bank, True) if isinstance(bank, FluxLiveBank) else None
     patch = _denoising_patch(model, bank, conditioning, True, weight_map, strength, live)
     wrapper = None if live is None else live.predict_noise_wrapper(patch)
-    cfg_guider = comfy.samplers.CFGGuider(patcher.with_attn1_patch(model, patch, wrapper))
+
+    def each_run(executor, *args, **kwargs):
+        patch.injected.clear()  # ComfyUI may sample a cached guider again: the keys of this run only
+        return executor(*args, **kwargs)
+
+    cfg_guider = comfy.samplers.CFGGuider(patcher.with_attn1_patch(model, patch, wrapper, each_run))
     cfg_guider.set_conds(conditioning, [])
     if live is not None:
         cfg_guider.inner_set_conds({SOURCE_COND: _with_guidance(bank.conditioning, flux_family.INVERSION_GUIDANCE)})

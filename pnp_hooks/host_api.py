@@ -59,6 +59,7 @@ REQUIRED = (
     "comfy.model_sampling.V_PREDICTION",
     "comfy.patcher_extension.WrappersMP.CALC_COND_BATCH",
     "comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL",
+    "comfy.patcher_extension.WrappersMP.OUTER_SAMPLE",
     "comfy.patcher_extension.WrappersMP.PREDICT_NOISE",
     "comfy.sample.prepare_noise",
     "comfy.samplers.CFGGuider",

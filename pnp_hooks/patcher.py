@@ -246,13 +246,16 @@ def _cancel_before_output_block(h, hsp, transformer_options):
     return h, hsp
 
 
-def with_attn1_patch(model, attn1_patch, predict_noise_wrapper=None):
+def with_attn1_patch(model, attn1_patch, predict_noise_wrapper=None, outer_sample_wrapper=None):
     """A clone of ``model`` with ``attn1_patch`` set (the FLUX guider's V patch) and, if given, a PREDICT_NOISE
-    wrapper under ``PATCH_KEY`` (its on-the-fly source calls); ``model`` itself is left as it is."""
+    wrapper (its on-the-fly source calls) and an OUTER_SAMPLE wrapper (its per-run reset) under ``PATCH_KEY``;
+    ``model`` itself is left as it is."""
     clone = model.clone()
     clone.set_model_attn1_patch(attn1_patch)
-    if predict_noise_wrapper is not None:
-        clone.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, PATCH_KEY, predict_noise_wrapper)
+    for kind, wrapper in ((WrappersMP.PREDICT_NOISE, predict_noise_wrapper),
+                          (WrappersMP.OUTER_SAMPLE, outer_sample_wrapper)):
+        if wrapper is not None:
+            clone.add_wrapper_with_key(kind, PATCH_KEY, wrapper)
     return clone
 
 

@@ -121,7 +121,7 @@ def _sampler(model, bank, **inputs) -> torch.Tensor:
 
 
 def _injected(guider) -> list:
-    """The keys the guider's V patch put in place so far, in order."""
+    """The keys the guider's V patch put in place in its last run, in order."""
     (patch,) = guider.model_patcher.model_options["transformer_options"]["patches"]["attn1_patch"]
     return list(patch.injected)
 
@@ -151,6 +151,9 @@ def test_euler_in_sampler_custom_advanced_equals_pnp_sampler(host, flux, layout)
     keys = _injected(guider)
     blocks = bank.blocks
     assert sorted(keys) == sorted((j, False, b) for j in range(INJECT) for b in blocks)
+    # the same (cached) guider sampled again: the same result, and its patch holds this run's keys only
+    assert torch.equal(_custom(outputs), custom)
+    assert _injected(guider) == keys
 
 
 def test_an_rf_solver_bank_injects_its_first_evaluations_only(host, flux):

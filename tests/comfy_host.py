@@ -33,8 +33,9 @@ class Host:
     progress_events: list = field(default_factory=list)
 
     def pack_module(self, dotted: str):
-        """A submodule of the loaded pack, e.g. ``pack_module("pnp_hooks.bank")``."""
-        return sys.modules[f"{self.pack_module_name}.{dotted}"]
+        """A submodule of the loaded pack, e.g. ``pack_module("pnp_hooks.bank")`` (imported under the pack's package
+        if no node has imported it yet)."""
+        return importlib.import_module(f"{self.pack_module_name}.{dotted}")
 
 
 class RecordingServer:

@@ -127,6 +127,37 @@ def comfy_model(layout: str, state_dict: dict[str, torch.Tensor]):
     return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
+# The first ComfyUI whose FLUX blocks call attn1_patch: the pack runs FLUX from it on (below it refuses with one
+# line), and its UNETLoader detects the tiny widths.
+FLUX_PATCHES_FROM = (0, 33, 0)
+
+
+def has_flux_patches(host) -> bool:
+    """Whether the test ``host`` (``comfy_host.Host``) is a ComfyUI the pack runs FLUX on."""
+    from find_comfyui import comfyui_version, version_tuple
+
+    return version_tuple(comfyui_version(host.comfy_path)) >= FLUX_PATCHES_FROM
+
+
+def load_model(host, layout: str):
+    """The tiny FLUX of ``layout`` as a ComfyUI MODEL, as users load it: UNETLoader from the test models'
+    diffusion_models folder where the host runs FLUX, else ``comfy_model`` (v0.3.64 detects every FLUX as full
+    size); the detected model class checked."""
+    import folder_paths
+    from harness import run_node
+    from safetensors.torch import load_file
+
+    folder = host.checkpoint_dir.parent / "diffusion_models"
+    folder_paths.add_model_folder_path("diffusion_models", str(folder), is_default=True)
+    name = ensure_model(layout, folder)
+    if has_flux_patches(host):
+        (model,) = run_node("UNETLoader", unet_name=name, weight_dtype="default")
+    else:
+        model = comfy_model(layout, load_file(str(folder / name)))
+    assert type(model.model.model_config).__name__ == EXPECTED_DETECTION[layout][0]
+    return model
+
+
 class TransformerCalls:
     """Counts the calls (NFE) of a ComfyUI FLUX MODEL's transformer while active (a forward pre-hook, removed on
     exit)."""

@@ -10,16 +10,13 @@ result. v0.3.64 refuses with the version line.
 """
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
 
 import flux_checkpoints as fc
-from find_comfyui import comfyui_version, version_tuple
 from harness import run_node
 
-FLUX_PATCHES_FROM = (0, 33, 0)
 LATENT_HW = (16, 16)
 STEPS, INJECT, BLOCKS = 4, 2, "20-37"
 GUIDANCE = 2.0
@@ -28,32 +25,15 @@ SOURCE, TARGET = "source prompt", "target prompt"
 EULER_TOL = 1e-5
 
 
-def _pack(host, dotted: str):
-    return importlib.import_module(f"{host.pack_module_name}.{dotted}")
-
-
-def _has_flux_patches(host) -> bool:
-    return version_tuple(comfyui_version(host.comfy_path)) >= FLUX_PATCHES_FROM
-
 
 @pytest.fixture(scope="module")
 def flux(host):
-    """layout -> the tiny FLUX as a ComfyUI MODEL (UNETLoader on v0.33; built from ComfyUI's config on v0.3.64)."""
-    import folder_paths
-    from safetensors.torch import load_file
-
-    folder = host.checkpoint_dir.parent / "diffusion_models"
-    folder_paths.add_model_folder_path("diffusion_models", str(folder), is_default=True)
+    """layout -> the tiny FLUX as a ComfyUI MODEL (``flux_checkpoints.load_model``), loaded once."""
     loaded = {}
 
     def get(layout: str):
         if layout not in loaded:
-            name = fc.ensure_model(layout, folder)
-            if _has_flux_patches(host):
-                (loaded[layout],) = run_node("UNETLoader", unet_name=name, weight_dtype="default")
-            else:
-                loaded[layout] = fc.comfy_model(layout, load_file(str(folder / name)))
-            assert type(loaded[layout].model.model_config).__name__ == fc.EXPECTED_DETECTION[layout][0]
+            loaded[layout] = fc.load_model(host, layout)
         return loaded[layout]
 
     return get
@@ -77,9 +57,9 @@ def _latent(model) -> dict:
 def _refused_here(host, model) -> bool:
     """On a host whose FLUX blocks have no attn1_patch: asserts PnP Guider refuses a FLUX bank with one line naming
     the version needed, and returns True."""
-    if _has_flux_patches(host):
+    if fc.has_flux_patches(host):
         return False
-    flux_bank = _pack(host, "pnp_hooks.flux_bank")
+    flux_bank = host.pack_module("pnp_hooks.flux_bank")
     errors = host.pack_module("pnp_hooks.errors")
     inversion = flux_bank.FluxInversion("Flux", "-", "euler", (1.0, 0.0), torch.zeros(1, 16, *LATENT_HW), {})
     bank = flux_bank.FluxBank(inversion, (20,), 1, {}, 8)
@@ -163,7 +143,7 @@ def test_an_rf_solver_bank_injects_its_first_evaluations_only(host, flux):
     model = flux("flux_dev_tiny")
     if _refused_here(host, model):
         return
-    flux_bank = _pack(host, "pnp_hooks.flux_bank")
+    flux_bank = host.pack_module("pnp_hooks.flux_bank")
     _, bank = _bank(model, "rf-solver")
     firsts = {key: value for key, value in bank.values.items() if not key[1]}
     assert 0 < len(firsts) < len(bank.values)

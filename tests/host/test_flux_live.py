@@ -19,17 +19,14 @@ FLUX path with one line naming the version needed: every test asserts that refus
 from __future__ import annotations
 
 import gc
-import importlib
 import weakref
 
 import pytest
 import torch
 
 import flux_checkpoints as fc
-from find_comfyui import comfyui_version, version_tuple
 from harness import run_node
 
-FLUX_PATCHES_FROM = (0, 33, 0)
 SOURCE, TARGET = "source prompt", "target prompt"
 LATENT_HW = (16, 16)
 GUIDANCE = 2.0
@@ -41,29 +38,11 @@ RECIPES = {
 NFE_PER_PASS = {"rf-solver": lambda steps: 2 * steps, "fireflow": lambda steps: steps + 1}
 
 
-def _pack(host, dotted: str):
-    return importlib.import_module(f"{host.pack_module_name}.{dotted}")
-
-
-def _has_flux_patches(host) -> bool:
-    return version_tuple(comfyui_version(host.comfy_path)) >= FLUX_PATCHES_FROM
-
 
 @pytest.fixture(scope="module")
 def dev_model(host):
-    """The tiny FLUX.1 dev as a ComfyUI MODEL (UNETLoader on v0.33; built from ComfyUI's config on v0.3.64)."""
-    import folder_paths
-    from safetensors.torch import load_file
-
-    folder = host.checkpoint_dir.parent / "diffusion_models"
-    folder_paths.add_model_folder_path("diffusion_models", str(folder), is_default=True)
-    name = fc.ensure_model("flux_dev_tiny", folder)
-    if _has_flux_patches(host):
-        (model,) = run_node("UNETLoader", unet_name=name, weight_dtype="default")
-    else:
-        model = fc.comfy_model("flux_dev_tiny", load_file(str(folder / name)))
-    assert type(model.model.model_config).__name__ == "Flux"
-    return model
+    """The tiny FLUX.1 dev as a ComfyUI MODEL (``flux_checkpoints.load_model``)."""
+    return fc.load_model(host, "flux_dev_tiny")
 
 
 def _conditioning(prompt: str) -> list:
@@ -80,10 +59,10 @@ def _latent(model) -> torch.Tensor:
 def _flux_sampling_or_refused(host, model):
     """The pack's ``flux_sampling``; None on a host whose FLUX blocks have no attn1_patch, after asserting that
     ``live_bank`` refuses there with one line naming the version."""
-    flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
-    if _has_flux_patches(host):
+    flux_sampling = host.pack_module("pnp_hooks.flux_sampling")
+    if fc.has_flux_patches(host):
         return flux_sampling
-    flux_bank = _pack(host, "pnp_hooks.flux_bank")
+    flux_bank = host.pack_module("pnp_hooks.flux_bank")
     errors = host.pack_module("pnp_hooks.errors")
     inversion = flux_bank.FluxInversion("Flux", "-", "rf-solver", (1.0, 0.0), torch.zeros(1, 16, 2, 2), {})
     with pytest.raises(errors.PnPInputError) as caught:
@@ -220,7 +199,7 @@ def test_the_feature_bank_node_in_on_the_fly_mode_gives_the_stored_translation(h
 def test_an_sd_model_refuses_a_flux_inversion_or_bank_naming_what_to_connect(host, models):
     """The DDIM path given a FLUX value (PnP Feature Bank with a FLUX inversion, PnP Sampler and PnP Guider with a
     FLUX bank, stored or on the fly) stops before any work with what to connect, on every host."""
-    flux_bank = _pack(host, "pnp_hooks.flux_bank")
+    flux_bank = host.pack_module("pnp_hooks.flux_bank")
     errors = host.pack_module("pnp_hooks.errors")
     model, clip, _ = models.load("sd15_reduced")
     (prompt,) = run_node("CLIPTextEncode", clip=clip, text="a photo")

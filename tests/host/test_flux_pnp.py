@@ -19,17 +19,14 @@ path is refused with one line naming the version needed.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 
 import pytest
 import torch
 
 import flux_checkpoints as fc
 import reference_flux as ref
-from find_comfyui import comfyui_version, version_tuple
 from harness import run_node
 
-FLUX_PATCHES_FROM = (0, 33, 0)
 PARITY_TOL = 1e-4
 SOURCE, TARGET = "source prompt", "target prompt"
 LATENT_HW = (16, 16)
@@ -47,34 +44,15 @@ GUIDANCE = 2.0
 # x 1 evaluation x 1 step).
 
 
-def _pack(host, dotted: str):
-    """A module of the pack as ComfyUI loaded it (imported under the pack's package if no node has yet)."""
-    return importlib.import_module(f"{host.pack_module_name}.{dotted}")
-
-
-def _has_flux_patches(host) -> bool:
-    return version_tuple(comfyui_version(host.comfy_path)) >= FLUX_PATCHES_FROM
-
 
 @pytest.fixture(scope="module")
 def flux(host):
     """layout -> (ComfyUI MODEL, reference OfficialFlux on the same weights)."""
-    import folder_paths
-    from safetensors.torch import load_file
-
-    folder = host.checkpoint_dir.parent / "diffusion_models"
-    folder_paths.add_model_folder_path("diffusion_models", str(folder), is_default=True)
     loaded = {}
 
     def get(layout: str):
         if layout not in loaded:
-            name = fc.ensure_model(layout, folder)
-            state_dict = load_file(str(folder / name))
-            if _has_flux_patches(host):
-                (model,) = run_node("UNETLoader", unet_name=name, weight_dtype="default")
-            else:
-                model = fc.comfy_model(layout, state_dict)
-            assert type(model.model.model_config).__name__ == fc.EXPECTED_DETECTION[layout][0]
+            model = fc.load_model(host, layout)
             weights = model.model.diffusion_model.state_dict()
             transformer = ref.diffusers_flux_from_comfy(weights, fc.flux_params(layout))
             loaded[layout] = (model, ref.OfficialFlux(transformer))
@@ -94,7 +72,7 @@ def _latent(seed: int = 4) -> torch.Tensor:
 
 
 def _ours(host, model, latent, recipe: str, inject: int, guidance: float = GUIDANCE):
-    flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
+    flux_sampling = host.pack_module("pnp_hooks.flux_sampling")
     solver, steps, _, blocks, _, _ = RECIPES[recipe]
     fmt = model.get_model_object("latent_format")
     source, _ = _conditioning(SOURCE)
@@ -117,7 +95,7 @@ def _reference(reference, latent, recipe: str, inject: int, guidance: float = GU
 
 def _refused(host, model, latent) -> None:
     """v0.3.64: the FLUX path stops at once with one line naming the ComfyUI version it needs."""
-    flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
+    flux_sampling = host.pack_module("pnp_hooks.flux_sampling")
     errors = host.pack_module("pnp_hooks.errors")
     source, _ = _conditioning(SOURCE)
     with pytest.raises(errors.PnPInputError) as caught:
@@ -131,10 +109,10 @@ def _flux_path(host, model) -> tuple[torch.Tensor, object]:
     """A guidance latent and the pack's ``flux_sampling``; the module is None on a host whose FLUX blocks have
     no attn1_patch, after asserting its refusal."""
     latent = _latent()
-    if not _has_flux_patches(host):
+    if not fc.has_flux_patches(host):
         _refused(host, model, latent)
         return latent, None
-    return latent, _pack(host, "pnp_hooks.flux_sampling")
+    return latent, host.pack_module("pnp_hooks.flux_sampling")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +152,7 @@ def test_flux_pnp_equals_the_official_algorithm(host, flux, layout, recipe):
     reads: the same keys (interval's noisier end, first/second evaluation, block)."""
     model, reference = flux(layout)
     latent = _latent()
-    if not _has_flux_patches(host):
+    if not fc.has_flux_patches(host):
         _refused(host, model, latent)
         return
     solver, steps, inject, _, _, _ = RECIPES[recipe]
@@ -297,7 +275,7 @@ def test_the_pnp_nodes_run_flux_as_the_official_algorithm(host, flux, recipe):
     target prompt) give the official edit to 1e-4; the inversion's noise output is its end point."""
     model, reference = flux("flux_schnell_tiny")
     latent = _latent()
-    if not _has_flux_patches(host):
+    if not fc.has_flux_patches(host):
         _refused(host, model, latent)
         return
     solver, steps, inject, blocks, _, _ = RECIPES[recipe]
@@ -375,10 +353,10 @@ def test_flux_mask_and_injection_strength_blend_v_as_on_sd(host, flux):
 def test_the_sd_bank_nodes_refuse_a_flux_bank_by_name(host, flux):
     """PnP Save Feature Bank and PnP Feature PCA read SD banks: a FLUX bank is refused, naming where it goes."""
     model, _ = flux("flux_schnell_tiny")
-    if not _has_flux_patches(host):
+    if not fc.has_flux_patches(host):
         _refused(host, model, _latent())
         return
-    flux_sampling = _pack(host, "pnp_hooks.flux_sampling")
+    flux_sampling = host.pack_module("pnp_hooks.flux_sampling")
     errors = host.pack_module("pnp_hooks.errors")
     source, _ = _conditioning(SOURCE)
     with torch.inference_mode():

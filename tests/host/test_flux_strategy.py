@@ -21,17 +21,14 @@ v0.3.64 (no ``attn1_patch`` in its FLUX blocks): the FLUX path is refused with o
 """
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
 
 import flux_checkpoints as fc
 import reference_flux as ref
-from find_comfyui import comfyui_version, version_tuple
 from harness import declared_defaults, node_class, run_node
 
-FLUX_PATCHES_FROM = (0, 33, 0)
 PARITY_TOL = 1e-4
 SOURCE, TARGET = "source prompt", "target prompt"
 LATENT_HW = (16, 16)
@@ -46,29 +43,11 @@ CASES = {
 EVALUATIONS = {"rf-solver": 2, "fireflow": 1}  # recorded evaluations a step
 
 
-def _pack(host, dotted: str):
-    return importlib.import_module(f"{host.pack_module_name}.{dotted}")
-
-
-def _has_flux_patches(host) -> bool:
-    return version_tuple(comfyui_version(host.comfy_path)) >= FLUX_PATCHES_FROM
-
 
 @pytest.fixture(scope="module")
 def dev(host):
     """(the tiny FLUX.1 dev as a ComfyUI MODEL, the reference OfficialFlux on the same weights)."""
-    import folder_paths
-    from safetensors.torch import load_file
-
-    folder = host.checkpoint_dir.parent / "diffusion_models"
-    folder_paths.add_model_folder_path("diffusion_models", str(folder), is_default=True)
-    name = fc.ensure_model("flux_dev_tiny", folder)
-    state_dict = load_file(str(folder / name))
-    if _has_flux_patches(host):
-        (model,) = run_node("UNETLoader", unet_name=name, weight_dtype="default")
-    else:
-        model = fc.comfy_model("flux_dev_tiny", state_dict)
-    assert type(model.model.model_config).__name__ == "Flux"
+    model = fc.load_model(host, "flux_dev_tiny")
     transformer = ref.diffusers_flux_from_comfy(model.model.diffusion_model.state_dict(),
                                                 fc.flux_params("flux_dev_tiny"))
     return model, ref.OfficialFlux(transformer)
@@ -86,7 +65,7 @@ def _latent() -> torch.Tensor:
 
 def _flux_path(host, model) -> bool:
     """Whether this host runs PnP on FLUX; where it does not, asserts the one-line refusal first."""
-    if _has_flux_patches(host):
+    if fc.has_flux_patches(host):
         return True
     errors = host.pack_module("pnp_hooks.errors")
     source, _ = _conditioning(SOURCE)
@@ -135,7 +114,7 @@ def test_a_fireflow_strategy_equals_the_official_reuse_v_0(host, dev, case):
                        qkv_ratio=qkv_ratio)
     (out,) = run_node("PnP_Sampler", model=model, positive=guided, negative=source, features=bank)
     with torch.inference_mode():
-        _, injected = _pack(host, "pnp_hooks.flux_sampling").sample(model, bank, guided, guidance=None)
+        _, injected = host.pack_module("pnp_hooks.flux_sampling").sample(model, bank, guided, guidance=None)
     theirs = _reference(reference, case, inject)
     theirs_off = _reference(reference, case, 0)
 
@@ -178,7 +157,7 @@ def test_on_the_fly_translates_a_strategy_as_the_stored_bank(host, dev):
         (outs[mode],) = run_node("PnP_Sampler", model=model, positive=target, negative=source, features=banks[mode])
     live, stored = banks[bank_module.ON_THE_FLY], banks[bank_module.STORED]
     with torch.inference_mode():
-        plain, _ = _pack(host, "pnp_hooks.flux_sampling").sample(model, stored, target, inject=False)
+        plain, _ = host.pack_module("pnp_hooks.flux_sampling").sample(model, stored, target, inject=False)
     assert live.edit == stored.edit and stored.edit.recorded == ("q", "k")
     assert torch.equal(outs[bank_module.ON_THE_FLY]["samples"], outs[bank_module.STORED]["samples"])
     assert (outs[bank_module.STORED]["samples"] - plain["samples"]).abs().max().item() > 20 * PARITY_TOL
@@ -193,7 +172,7 @@ def test_add_with_a_mask_or_strength_adds_the_weighted_tensor(host, dev):
     model, _ = dev
     if not _flux_path(host, model):
         return
-    fs = _pack(host, "pnp_hooks.flux_sampling")
+    fs = host.pack_module("pnp_hooks.flux_sampling")
     source, _ = _conditioning(SOURCE)
     target, _ = _conditioning(TARGET)
     inversion = _inversion(model, "euler", 3)

@@ -142,6 +142,9 @@ class _VPatch:
         self.times, self.blocks, self.inverse, self.inject = times, frozenset(blocks), inverse, inject
         self.bank, self.storage_dtype = bank, storage_dtype
         self.edit = bank.edit if bank is not None else edit
+        # read once, not in each block of each evaluation: (tensor, ratio) recorded; (action, tensor) applied
+        self._recording = tuple((which, self.edit.scale(which)) for which in self.edit.recorded)
+        self._actions = tuple(tuple(strategy.split("_")) for strategy in self.edit.strategies)
         self.weights = weights  # None: replace V; else (text + image tokens,) blend weights (``token_weights``)
         self._weights_at: dict[tuple, torch.Tensor] = {}  # the weights on each (device, dtype) V came in, made once
         self.recorded: dict[tuple, torch.Tensor] = {}  # keyed by ``flux_bank.tensor_key``
@@ -162,15 +165,13 @@ class _VPatch:
         own = {"q": q, "k": k, "v": v}
         if self.inverse:
             device = comfy.model_management.intermediate_device()
-            for which in self.edit.recorded:
-                scale = self.edit.scale(which)
+            for which, scale in self._recording:
                 tensor = own[which] if scale == 1.0 else own[which] * scale  # ratio 1 (the default): as it is
                 self.recorded[tensor_key(*key, which)] = tensor.detach().to(device=device, dtype=self.storage_dtype,
                                                                             copy=True)  # one copy
             return {}
         out = {}
-        for strategy in self.edit.strategies:
-            action, which = strategy.split("_")
+        for action, which in self._actions:
             stored = self.bank.value(*key, which)
             if stored is None:
                 continue
